@@ -1,0 +1,25 @@
+"""Who caused a change to a room's document.
+
+The room tags every mutation with one of these (or with the ``Connection``
+the update came from) and decides from it whom to send the change to and
+whether to store it: a change is never echoed to the connection it came
+from, and what was just loaded from the store is not written back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOrigin:
+    """Loaded from the store: broadcast nothing, store nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalOrigin:
+    """Made by the server itself (HTTP API, CLI import): broadcast and store."""
+
+
+STORE = StoreOrigin()
+LOCAL = LocalOrigin()

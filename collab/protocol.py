@@ -1,0 +1,269 @@
+"""The Yjs wire protocol (y-protocols), as pure functions over bytes.
+
+A frame is one WebSocket binary message holding exactly one Yjs message:
+
+    sync       [0, 0, varBytes(state vector)]        sync step 1
+               [0, 1, varBytes(update)]              sync step 2
+               [0, 2, varBytes(update)]              update
+    awareness  [1, varBytes(awareness update)]
+    auth       [2, 0, varString(reason)]             permission denied
+    query      [3]                                   query awareness
+
+Encoding is delegated to pycrdt; decoding adds the bounds checks pycrdt's
+``Decoder`` leaves out, so that every malformed frame ends in a
+``ProtocolError`` carrying the close code to answer it with.  Nothing here
+does I/O or touches a ``Doc``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TypeAlias
+
+from pycrdt import (
+    Decoder,
+    Encoder,
+    YMessageType,
+    YSyncMessageType,
+    create_awareness_message,
+    create_update_message,
+    write_var_uint,
+)
+from pycrdt._sync import create_sync_step1_message, create_sync_step2_message
+
+from .closecodes import CloseCode
+
+
+class MessageType(IntEnum):
+    """Top-level message kinds of y-protocols (y-websocket's numbering)."""
+
+    SYNC = YMessageType.SYNC
+    AWARENESS = YMessageType.AWARENESS
+    AUTH = 2
+    QUERY_AWARENESS = 3
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be accepted; ``code`` is how to close the socket."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep1:
+    state_vector: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStep2:
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncUpdate:
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessUpdate:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAwareness:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionDenied:
+    reason: str
+
+
+Message: TypeAlias = (
+    SyncStep1 | SyncStep2 | SyncUpdate | AwarenessUpdate | QueryAwareness | PermissionDenied
+)
+
+#: A varuint longer than this cannot be a length or client id we accept.
+_MAX_VARUINT_BYTES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessEntry:
+    """One client's record inside an awareness update; ``state`` is raw JSON."""
+
+    client_id: int
+    clock: int
+    state: str
+
+    @property
+    def removed(self) -> bool:
+        return self.state == "null"
+
+
+class _Reader:
+    """pycrdt's ``Decoder`` with the truncation checks it does not make."""
+
+    def __init__(self, data: bytes) -> None:
+        self._decoder = Decoder(data)
+
+    @property
+    def remaining(self) -> int:
+        return self._decoder.length
+
+    def var_uint(self, what: str) -> int:
+        start = self._decoder.i0
+        try:
+            value = self._decoder.read_var_uint()
+        except (IndexError, RuntimeError):
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"truncated {what}") from None
+        if self._decoder.i0 - start > _MAX_VARUINT_BYTES:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"oversized varint in {what}")
+        return value
+
+    def var_bytes(self, what: str) -> bytes:
+        length = self.var_uint(f"{what} length")
+        if length > self.remaining:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR,
+                f"truncated {what}: {length} bytes announced, {self.remaining} present",
+            )
+        start = self._decoder.i0
+        self._decoder.i0 += length
+        self._decoder.length -= length
+        return bytes(self._decoder.stream[start : start + length])
+
+    def var_string(self, what: str) -> str:
+        raw = self.var_bytes(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(CloseCode.INVALID_DATA, f"{what} is not UTF-8") from None
+
+    def end(self, what: str) -> None:
+        if self.remaining:
+            raise ProtocolError(
+                CloseCode.PROTOCOL_ERROR, f"{self.remaining} trailing bytes after {what}"
+            )
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame into a typed message, or raise ``ProtocolError``."""
+    if not frame:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "empty frame")
+    reader = _Reader(frame)
+    kind = reader.var_uint("message type")
+    message: Message
+    if kind == MessageType.SYNC:
+        sync_kind = reader.var_uint("sync message type")
+        payload = reader.var_bytes("sync payload")
+        if sync_kind == YSyncMessageType.SYNC_STEP1:
+            message = SyncStep1(payload)
+        elif sync_kind == YSyncMessageType.SYNC_STEP2:
+            message = SyncStep2(payload)
+        elif sync_kind == YSyncMessageType.SYNC_UPDATE:
+            message = SyncUpdate(payload)
+        else:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown sync message type {sync_kind}")
+    elif kind == MessageType.AWARENESS:
+        payload = reader.var_bytes("awareness update")
+        decode_awareness(payload)  # validate before anyone applies it
+        message = AwarenessUpdate(payload)
+    elif kind == MessageType.QUERY_AWARENESS:
+        message = QueryAwareness()
+    elif kind == MessageType.AUTH:
+        auth_kind = reader.var_uint("auth message type")
+        if auth_kind != 0:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown auth message type {auth_kind}")
+        message = PermissionDenied(reader.var_string("auth reason"))
+    else:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown message type {kind}")
+    reader.end(type(message).__name__)
+    return message
+
+
+def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
+    """Parse an awareness update, checking that every state is valid JSON."""
+    reader = _Reader(payload)
+    count = reader.var_uint("awareness client count")
+    entries = []
+    for _ in range(count):
+        client_id = reader.var_uint("awareness client id")
+        clock = reader.var_uint("awareness clock")
+        state = reader.var_string("awareness state")
+        try:
+            json.loads(state)
+        except ValueError:
+            raise ProtocolError(
+                CloseCode.INVALID_DATA, f"awareness state of {client_id} is not JSON"
+            ) from None
+        entries.append(AwarenessEntry(client_id, clock, state))
+    reader.end("awareness update")
+    return entries
+
+
+def encode_awareness_entries(entries: Iterable[AwarenessEntry]) -> bytes:
+    """Encode awareness records as an awareness update payload."""
+    items = list(entries)
+    encoder = Encoder()
+    encoder.write_var_uint(len(items))
+    for entry in items:
+        encoder.write_var_uint(entry.client_id)
+        encoder.write_var_uint(entry.clock)
+        raw = entry.state.encode()
+        encoder.write_var_uint(len(raw))
+        encoder.stream.append(raw)
+    return encoder.to_bytes()
+
+
+def merge_awareness(payloads: Iterable[bytes]) -> bytes:
+    """Collapse awareness updates into one that keeps each client's newest record.
+
+    Applying the result has the same effect as applying the inputs in order,
+    which lets a lagging connection skip the intermediate cursor positions.
+    """
+    newest: dict[int, AwarenessEntry] = {}
+    for payload in payloads:
+        for entry in decode_awareness(payload):
+            known = newest.get(entry.client_id)
+            # Same rule as y-protocols: a newer clock wins, and at equal clocks
+            # a removal wins over a state.
+            if known is None or entry.clock > known.clock or (
+                entry.clock == known.clock and entry.removed
+            ):
+                newest[entry.client_id] = entry
+    return encode_awareness_entries(newest.values())
+
+
+def sync_step1(state_vector: bytes) -> bytes:
+    return create_sync_step1_message(state_vector)
+
+
+def sync_step2(update: bytes) -> bytes:
+    return create_sync_step2_message(update)
+
+
+def sync_update(update: bytes) -> bytes:
+    return create_update_message(update)
+
+
+def awareness(payload: bytes) -> bytes:
+    return create_awareness_message(payload)
+
+
+def query_awareness() -> bytes:
+    return bytes([MessageType.QUERY_AWARENESS])
+
+
+def permission_denied(reason: str) -> bytes:
+    raw = reason.encode()
+    return bytes([MessageType.AUTH, 0]) + write_var_uint(len(raw)) + raw
+
+
+#: The update of an empty document: a sync step 2 carrying it means "nothing new".
+EMPTY_UPDATE = b"\x00\x00"

@@ -1,0 +1,244 @@
+"""One open document: its pycrdt ``Doc``, its awareness and its connections.
+
+Everything here runs on the event loop and nothing here awaits: a frame is
+handled to completion (decode, apply, queue the broadcast) before the next
+one, so the room needs no locks.  Sockets and SQL live elsewhere.
+
+Broadcasts are coalesced: the updates applied during one event-loop turn
+are merged and sent by one ``call_soon`` callback, encoded once for all
+receivers (plus once per sender, which must not get its own change back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+from pycrdt import Awareness, Doc, TransactionEvent, merge_updates
+
+from . import protocol
+from .closecodes import CloseCode
+from .connection import Connection
+from .origins import STORE, LocalOrigin, StoreOrigin
+from .protocol import ProtocolError
+from .store import Store
+
+log = logging.getLogger("collab.room")
+
+Origin: TypeAlias = Connection | StoreOrigin | LocalOrigin
+
+#: Flush a turn's updates early once they hold this many (bounds merge cost).
+FLUSH_MAX_UPDATES = 64
+#: ... or this many bytes.
+FLUSH_MAX_BYTES = 1024 * 1024
+
+#: An empty state vector: the client has nothing yet.
+_EMPTY_STATE_VECTOR = b"\x00"
+
+
+class Room:
+    """Owns the ``Doc``, its ``Awareness``, its connections and, per connection,
+    the awareness client ids that connection introduced (removed when it leaves,
+    so presence never keeps ghosts)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        store: Store | None = None,
+        on_empty: Callable[[Room], None] | None = None,
+        awareness_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.doc = Doc()
+        self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
+        # The server is not a participant: it has no presence of its own.
+        self.awareness.set_local_state(None)
+        self.connections: dict[Connection, set[int]] = {}
+        self._awareness_owner: dict[int, Connection] = {}
+        self._store = store
+        self._on_empty = on_empty
+        self._loop = asyncio.get_running_loop()
+        self._origin: Origin = STORE
+        self._pending: list[tuple[bytes, Origin]] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._full_step2: bytes | None = None
+        self._doc_sub = self.doc.observe(self._on_change)
+        self._awareness_sub = self.awareness.observe(self._on_awareness_change)
+        self._awareness_task = self._loop.create_task(
+            self.awareness.start(), name=f"collab-awareness-{name}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} connections={len(self.connections)}>"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def load(self, update: bytes | None) -> None:
+        """Apply the stored state; it is neither broadcast nor stored again."""
+        if update:
+            self.apply_update(update, STORE)
+
+    async def close(self) -> None:
+        """Stop background work; the room must have no connections left."""
+        self._flush()
+        self._awareness_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._awareness_task
+        self.doc.unobserve(self._doc_sub)
+        self.awareness.unobserve(self._awareness_sub)
+
+    def join(self, conn: Connection) -> None:
+        """Add a connection and open the sync handshake from the server's side."""
+        self.connections[conn] = set()
+        # Our step 1 makes the client send what we lack (its offline edits).
+        conn.send(protocol.sync_step1(self.doc.get_state()))
+        if self.awareness.states:
+            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
+            conn.send_awareness(protocol.awareness(payload), payload)
+
+    def leave(self, conn: Connection) -> None:
+        """Remove a connection and the presence it introduced."""
+        ids = self.connections.pop(conn, None)
+        if ids is None:
+            return
+        owned = [i for i in ids if self._awareness_owner.get(i) is conn]
+        for client_id in owned:
+            del self._awareness_owner[client_id]
+        gone = [i for i in owned if i in self.awareness.states]
+        if gone:
+            self.awareness.remove_awareness_states(gone, conn)
+            payload = self.awareness.encode_awareness_update(gone)
+            self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
+        if not self.connections and self._on_empty is not None:
+            self._on_empty(self)
+
+    # -- incoming -------------------------------------------------------------
+
+    def handle(self, conn: Connection, frame: bytes) -> None:
+        """Act on one frame from ``conn``; raise ``ProtocolError`` to drop it."""
+        conn.counters.frames_in += 1
+        conn.counters.bytes_in += len(frame)
+        message = protocol.decode(frame)
+        if isinstance(message, protocol.SyncStep1):
+            conn.send(self._step2_for(message.state_vector))
+        elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
+            if not conn.can_write:
+                conn.send(protocol.permission_denied("read-only connection"))
+            elif message.update != protocol.EMPTY_UPDATE:
+                self.apply_update(message.update, conn)
+        elif isinstance(message, protocol.AwarenessUpdate):
+            self._apply_awareness(conn, frame, message.payload)
+        elif isinstance(message, protocol.QueryAwareness):
+            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
+            conn.send_awareness(protocol.awareness(payload), payload)
+        # A PermissionDenied from a client means nothing to the server.
+
+    def apply_update(self, update: bytes, origin: Origin) -> None:
+        """Apply an update once; the observer queues its broadcast and storage."""
+        self._origin = origin
+        try:
+            self.doc.apply_update(update)
+        except Exception as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, f"update refused: {exc}") from None
+        except BaseException as exc:
+            # yrs may panic on a crafted update; pyo3 raises that as a
+            # BaseException.  It is refused before integration, so the
+            # document is unchanged and only the sender is dropped.
+            if not type(exc).__name__ == "PanicException":
+                raise
+            raise ProtocolError(CloseCode.INVALID_DATA, "update refused: decoder panic") from None
+        finally:
+            self._origin = STORE
+
+    def _step2_for(self, state_vector: bytes) -> bytes:
+        if state_vector == _EMPTY_STATE_VECTOR:
+            # Many joiners at once share one encoding of the whole document.
+            if self._full_step2 is None:
+                self._full_step2 = protocol.sync_step2(self.doc.get_update())
+            return self._full_step2
+        try:
+            return protocol.sync_step2(self.doc.get_update(state_vector))
+        except Exception as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, f"bad state vector: {exc}") from None
+
+    def _apply_awareness(self, conn: Connection, frame: bytes, payload: bytes) -> None:
+        ids = self.connections.get(conn)
+        if ids is None:
+            return
+        for entry in protocol.decode_awareness(payload):
+            if entry.removed:
+                ids.discard(entry.client_id)
+                if self._awareness_owner.get(entry.client_id) is conn:
+                    del self._awareness_owner[entry.client_id]
+            else:
+                ids.add(entry.client_id)
+                self._awareness_owner[entry.client_id] = conn
+        self.awareness.apply_awareness_update(payload, conn)
+        # Relay the client's own frame: it is already a complete message.
+        self._broadcast_awareness(frame, payload, exclude=conn)
+
+    # -- outgoing -------------------------------------------------------------
+
+    def _on_change(self, event: TransactionEvent) -> None:
+        update: bytes = event.update
+        if update == protocol.EMPTY_UPDATE:
+            return
+        self._full_step2 = None
+        origin = self._origin
+        if isinstance(origin, StoreOrigin):
+            return
+        self._pending.append((update, origin))
+        self._pending_bytes += len(update)
+        if len(self._pending) >= FLUSH_MAX_UPDATES or self._pending_bytes >= FLUSH_MAX_BYTES:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send (and store) this turn's updates: one encode per distinct audience."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        if not pending:
+            return
+        merged = pending[0][0] if len(pending) == 1 else merge_updates(*(u for u, _ in pending))
+        if self._store is not None:
+            self._store.append(self.name, merged)
+        frame = protocol.sync_update(merged)
+        senders = {o for _, o in pending if isinstance(o, Connection)}
+        for conn in self.connections:
+            if conn not in senders:
+                conn.send_update(frame, merged)
+        for sender in senders:
+            if sender not in self.connections:
+                continue
+            others = [u for u, o in pending if o is not sender]
+            if others:
+                own = others[0] if len(others) == 1 else merge_updates(*others)
+                sender.send_update(protocol.sync_update(own), own)
+
+    def _broadcast_awareness(
+        self, frame: bytes, payload: bytes, *, exclude: Connection | None
+    ) -> None:
+        for conn in self.connections:
+            if conn is not exclude:
+                conn.send_awareness(frame, payload)
+
+    def _on_awareness_change(self, topic: str, change: tuple[dict[str, Any], Any]) -> None:
+        changes, origin = change
+        if topic != "update" or origin != "timeout":
+            return
+        # Clients that stopped renewing their state (every 15 s in y-protocols).
+        removed: list[int] = changes["removed"]
+        for client_id in removed:
+            owner = self._awareness_owner.pop(client_id, None)
+            if owner is not None and owner in self.connections:
+                self.connections[owner].discard(client_id)
+        payload = self.awareness.encode_awareness_update(removed)
+        self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)

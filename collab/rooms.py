@@ -1,0 +1,126 @@
+"""The registry of open rooms and their single-flight load and unload.
+
+Two clients opening the same new document at the same instant share one
+load; a room is dropped only after its final flush, and whether it is
+still empty is asked again after every ``await`` (a client may have joined
+meanwhile, in which case the room simply stays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .closecodes import CloseCode
+from .room import Room
+from .store import Store
+
+log = logging.getLogger("collab.rooms")
+
+
+class RoomManager:
+    """Owns name -> ``Room`` and the loading / unloading of rooms."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        unload_grace: float = 10.0,
+        awareness_timeout: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.rooms: dict[str, Room] = {}
+        self._unload_grace = unload_grace
+        self._awareness_timeout = awareness_timeout
+        self._loading: dict[str, asyncio.Task[Room]] = {}
+        self._unload_timers: dict[str, asyncio.TimerHandle] = {}
+        self._unloading: dict[str, asyncio.Task[None]] = {}
+
+    async def acquire(self, name: str) -> Room:
+        """The open room for ``name``, loading it if needed.
+
+        The caller must join the room before its next ``await`` so that the
+        room cannot be unloaded in between.
+        """
+        room = self.rooms.get(name)
+        if room is None:
+            task = self._loading.get(name)
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._load(name), name=f"collab-load-{name}"
+                )
+                self._loading[name] = task
+            # shield: one opener giving up must not cancel the others' load.
+            room = await asyncio.shield(task)
+        timer = self._unload_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        return room
+
+    async def _load(self, name: str) -> Room:
+        try:
+            update = await self.store.load(name)
+            room = Room(
+                name,
+                store=self.store,
+                on_empty=self._schedule_unload,
+                awareness_timeout=self._awareness_timeout,
+            )
+            try:
+                room.load(update)
+            except Exception:
+                await room.close()
+                raise
+            self.rooms[name] = room
+            log.debug("loaded room %r", name)
+            return room
+        finally:
+            del self._loading[name]
+
+    def _schedule_unload(self, room: Room) -> None:
+        if room.name in self._unload_timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            del self._unload_timers[room.name]
+            if room.name not in self._unloading:
+                self._unloading[room.name] = loop.create_task(self._unload(room))
+
+        self._unload_timers[room.name] = loop.call_later(self._unload_grace, start)
+
+    async def _unload(self, room: Room) -> None:
+        try:
+            if room.connections or self.rooms.get(room.name) is not room:
+                return
+            await self.store.flush()
+            if room.connections or self.rooms.get(room.name) is not room:
+                return  # someone joined while we were flushing: keep it
+            del self.rooms[room.name]
+            await room.close()
+            log.debug("unloaded room %r", room.name)
+        except Exception:
+            log.exception("unloading room %r failed; it stays loaded", room.name)
+        finally:
+            self._unloading.pop(room.name, None)
+
+    async def close(self, code: CloseCode = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
+        """Close every connection with ``code``, then flush and drop every room."""
+        for timer in self._unload_timers.values():
+            timer.cancel()
+        self._unload_timers.clear()
+        conns = [c for room in self.rooms.values() for c in room.connections]
+        for conn in conns:
+            conn.close(code, "server shutting down")
+        if conns:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*(c.wait_closed() for c in conns))
+        for task in list(self._unloading.values()):
+            with contextlib.suppress(Exception):
+                await task
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()
+        await self.store.flush()
