@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .closecodes import CloseCode  # noqa: E402
-from .client import Session, connect  # noqa: E402
+from .client import Session, connect
+from .closecodes import CloseCode
 
 __all__ = ["CloseCode", "Session", "__version__", "connect", "create_app"]
 

@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
 async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     store = open_store(settings.store)
+    await store.open()
     app[STORE] = store
     app[MANAGER] = RoomManager(
         store,

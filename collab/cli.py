@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -34,31 +36,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from aiohttp import web
-
-    from .app import create_app
-
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    log = logging.getLogger("collab")
-    log.info(
-        "collab %s serving ws://%s:%d/ws/{doc} (store %s)",
-        __version__,
-        settings.host,
-        settings.port,
-        settings.store,
-    )
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10.0,
-        handle_signals=True,
-    )
-    log.info("stopped")
+    try:
+        asyncio.run(_run_server(settings))
+    except OSError as exc:  # port taken, interface missing...
+        logging.getLogger("collab").error(
+            "cannot serve on %s:%d: %s", settings.host, settings.port, exc
+        )
+        return 1
     return 0
+
+
+async def _run_server(settings: Settings) -> None:
+    from aiohttp import web
+
+    from .app import create_app
+
+    log = logging.getLogger("collab")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(create_app(settings), handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "collab %s serving http://%s:%d (WebSocket ws://%s:%d/ws/{doc}, store %s)",
+            __version__,
+            settings.host,
+            settings.port,
+            settings.host,
+            settings.port,
+            settings.store,
+        )
+        await stop.wait()
+        log.info("shutting down: closing connections with 1001 and flushing the store")
+    finally:
+        # on_shutdown closes every socket with 1001 and flushes the rooms
+        # before cleanup closes the store.
+        await runner.cleanup()
+    log.info("stopped")

@@ -49,7 +49,7 @@ class Session:
         url: str,
         name: str,
         *,
-        doc: Doc | None = None,
+        doc: Doc[Any] | None = None,
         token: str | None = None,
         reconnect: bool = True,
         min_backoff: float = 0.1,
@@ -61,7 +61,7 @@ class Session:
         query = "?" + urlencode({"token": token}) if token else ""
         self.url = f"{url.rstrip('/')}/{quote(name, safe='')}{query}"
         self.name = name
-        self.doc = doc if doc is not None else Doc()
+        self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
         #: Set while the socket is open and the first sync step 2 has arrived.
         self.synced = asyncio.Event()
@@ -164,6 +164,14 @@ class Session:
                     self.error = exc
                     log.warning("%s: %s", self.name, exc)
                     return
+                except aiohttp.WSServerHandshakeError as exc:
+                    # 400/401/403/404 at the upgrade will not change by retrying;
+                    # report them as the matching 44xx close code.
+                    if 400 <= exc.status < 500 and exc.status not in (408, 429):
+                        self.error = ConnectionClosed(4000 + exc.status, exc.message)
+                        log.warning("%s: %s", self.name, self.error)
+                        return
+                    log.debug("%s: handshake failed: %r", self.name, exc)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.debug("%s: connect failed: %r", self.name, exc)
                 if self._stopping or not self._reconnect:
@@ -180,14 +188,20 @@ class Session:
         self.connects += 1
         self._outbox = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(ws, self._outbox))
+        reason = ""
         try:
             self._outbox.put_nowait(protocol.sync_step1(self.doc.get_state()))
             if self.awareness.get_local_state() is not None:
                 self._send_awareness()
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.BINARY:
                     self._handle(msg.data)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    reason = msg.extra if isinstance(msg.extra, str) else ""
+                    await ws.close()
+                    break
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                     break
         finally:
             self.synced.clear()
@@ -198,10 +212,11 @@ class Session:
             self.close_code = ws.close_code
         code = ws.close_code
         if not self._stopping and CloseCode.is_fatal(code):
-            reason = ws.extra if isinstance(ws.extra, str) else ""
             raise ConnectionClosed(code, reason)
 
-    async def _write_loop(self, ws: aiohttp.ClientWebSocketResponse, outbox: asyncio.Queue[bytes]) -> None:
+    async def _write_loop(
+        self, ws: aiohttp.ClientWebSocketResponse, outbox: asyncio.Queue[bytes]
+    ) -> None:
         while True:
             frame = await outbox.get()
             try:

@@ -36,7 +36,9 @@ class Settings:
         metavar="BYTES",
     )
     heartbeat: float = _setting(
-        30.0, "seconds between WebSocket pings; a peer that misses one is dropped", metavar="SECONDS"
+        30.0,
+        "seconds between WebSocket pings; a peer that misses one is dropped",
+        metavar="SECONDS",
     )
     queue_limit: int = _setting(
         64, "queued frames per connection before its backlog is merged", metavar="FRAMES"
@@ -87,7 +89,9 @@ class Settings:
             )
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> Settings:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
 

@@ -33,6 +33,9 @@ log = logging.getLogger("collab.connection")
 
 _ids = itertools.count(1)
 
+#: Close codes of ordinary goodbyes, not worth a warning.
+_QUIET_CODES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006})
+
 
 class Channel(Protocol):
     """The transport seam: a WebSocket, or an in-memory pair in tests."""
@@ -194,13 +197,17 @@ class Connection:
     # -- closing --------------------------------------------------------------
 
     def close(self, code: int, reason: str = "", *, abnormal: bool = False) -> None:
-        """Close the socket with ``code`` and log why; later calls do nothing."""
+        """Close the socket with ``code`` and log why; later calls do nothing.
+
+        ``abnormal`` means the socket is already gone (or closed by aiohttp
+        itself), so there is nothing left to send.
+        """
         if self.closed:
             return
         self.close_code = code
         self._queue.clear()
         self._queued_bytes = 0
-        if code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY) and not abnormal:
+        if code not in _QUIET_CODES:
             log.warning(
                 "closing connection doc=%r peer=%s code=%d reason=%s",
                 self.doc,

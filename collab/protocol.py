@@ -117,14 +117,21 @@ class _Reader:
         return self._decoder.length
 
     def var_uint(self, what: str) -> int:
-        start = self._decoder.i0
-        try:
-            value = self._decoder.read_var_uint()
-        except (IndexError, RuntimeError):
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"truncated {what}") from None
-        if self._decoder.i0 - start > _MAX_VARUINT_BYTES:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"oversized varint in {what}")
-        return value
+        # Bounded, unlike pycrdt's read_var_uint: a frame of 16 MiB of 0x80
+        # bytes must not keep the event loop busy for seconds.
+        d = self._decoder
+        value = shift = 0
+        for _ in range(_MAX_VARUINT_BYTES):
+            if d.length <= 0:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"truncated {what}")
+            byte = d.stream[d.i0]
+            d.i0 += 1
+            d.length -= 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"oversized varint in {what}")
 
     def var_bytes(self, what: str) -> bytes:
         length = self.var_uint(f"{what} length")
@@ -233,8 +240,10 @@ def merge_awareness(payloads: Iterable[bytes]) -> bytes:
             known = newest.get(entry.client_id)
             # Same rule as y-protocols: a newer clock wins, and at equal clocks
             # a removal wins over a state.
-            if known is None or entry.clock > known.clock or (
-                entry.clock == known.clock and entry.removed
+            if (
+                known is None
+                or entry.clock > known.clock
+                or (entry.clock == known.clock and entry.removed)
             ):
                 newest[entry.client_id] = entry
     return encode_awareness_entries(newest.values())

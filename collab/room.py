@@ -53,7 +53,7 @@ class Room:
         awareness_timeout: float = 30.0,
     ) -> None:
         self.name = name
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
         # The server is not a participant: it has no presence of its own.
         self.awareness.set_local_state(None)

@@ -88,24 +88,20 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                     conn.close(exc.code, exc.reason)
                     break
             elif msg.type is WSMsgType.TEXT:
-                conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol")
+                conn.close(
+                    CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
+                )
                 break
             elif msg.type is WSMsgType.ERROR:
                 # aiohttp has already closed the socket (1009 for an oversized frame).
-                log.warning(
-                    "closing connection doc=%r peer=%s code=%s reason=%s",
-                    name,
-                    peer,
-                    ws.close_code,
-                    ws.exception(),
-                )
+                error = ws.exception()
+                code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
+                conn.close(code, str(error), abnormal=True)
                 break
     finally:
         room.leave(conn)
         conn.mark_closed(ws.close_code)
         with contextlib.suppress(Exception):
             await conn.wait_closed()
-        log.info(
-            "close doc=%r peer=%s conn=%d code=%s", name, peer, conn.id, conn.close_code
-        )
+        log.info("close doc=%r peer=%s conn=%d code=%s", name, peer, conn.id, conn.close_code)
     return ws

@@ -1,12 +1,16 @@
 """The contract every document store fulfils.
 
-A store keeps, per document name, a log of Yjs updates (possibly compacted
-into one snapshot).  Names are opaque keys, never file paths.
+A store keeps, per document name, a log of Yjs updates that it compacts
+into one snapshot from time to time.  Names are opaque keys, never file
+paths.
 
 Ordering and durability: ``append`` returns at once and never blocks the
-event loop; the update becomes durable no later than the next ``flush``
-(or the backend's commit window).  ``load`` returns everything appended
-before it was called, merged into one update.
+event loop; appends are group-committed, so an update becomes durable
+within the backend's commit window, and at the latest when ``flush``
+returns.  ``load`` sees every update appended before it was called (also
+those not yet committed), merged into one update.  A commit that fails is
+retried with backoff; the updates stay queued in memory meanwhile, never
+dropped.
 """
 
 from __future__ import annotations
@@ -15,15 +19,29 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class StoreError(Exception):
+    """A store cannot do what was asked (unreachable, unwritable, corrupt data)."""
+
+
+class CorruptDocument(StoreError):
+    """One document's stored data cannot be decoded; other documents are fine."""
+
+
 @dataclass(frozen=True, slots=True)
 class DocInfo:
     name: str
+    #: Bytes of stored updates and snapshot.
     size: int
+    #: Updates in the log since the last compaction (a snapshot counts as one).
     updates: int
+    #: Unix time of the last change.
     updated_at: float
 
 
 class Store(Protocol):
+    async def open(self) -> None:
+        """Connect / create files and schema; raise ``StoreError`` naming the cause."""
+
     async def load(self, name: str) -> bytes | None:
         """The document's whole state as one update, or None if it never existed."""
 
@@ -33,11 +51,21 @@ class Store(Protocol):
     async def flush(self) -> None:
         """Wait until every appended update is durable."""
 
+    async def compact(self, name: str) -> None:
+        """Replace the document's log by one snapshot, atomically."""
+
     async def delete(self, name: str) -> None:
         """Forget the document and its log."""
 
     async def list(self) -> list[DocInfo]:
         """Every stored document."""
+
+    async def info(self, name: str) -> DocInfo | None:
+        """One document's size and counts, or None if it is not stored."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while commits are failing (reported by the health endpoints)."""
 
     async def close(self) -> None:
         """Flush and release resources; the store is unusable afterwards."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pycrdt import Doc
 
@@ -13,10 +14,13 @@ class _Entry:
     __slots__ = ("doc", "size", "updated_at", "updates")
 
     def __init__(self) -> None:
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.updates = 0
         self.size = 0
         self.updated_at = time.time()
+
+    def info(self, name: str) -> DocInfo:
+        return DocInfo(name, self.size, self.updates, self.updated_at)
 
 
 class MemoryStore:
@@ -24,6 +28,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._docs: dict[str, _Entry] = {}
+
+    async def open(self) -> None:
+        return None
 
     async def load(self, name: str) -> bytes | None:
         entry = self._docs.get(name)
@@ -41,13 +48,25 @@ class MemoryStore:
     async def flush(self) -> None:
         return None
 
+    async def compact(self, name: str) -> None:
+        entry = self._docs.get(name)
+        if entry is not None:
+            entry.size = len(entry.doc.get_update())
+            entry.updates = 1
+
     async def delete(self, name: str) -> None:
         self._docs.pop(name, None)
 
     async def list(self) -> list[DocInfo]:
-        return [
-            DocInfo(name, e.size, e.updates, e.updated_at) for name, e in sorted(self._docs.items())
-        ]
+        return [entry.info(name) for name, entry in sorted(self._docs.items())]
+
+    async def info(self, name: str) -> DocInfo | None:
+        entry = self._docs.get(name)
+        return None if entry is None else entry.info(name)
+
+    @property
+    def healthy(self) -> bool:
+        return True
 
     async def close(self) -> None:
         self._docs.clear()

@@ -1,0 +1,138 @@
+"""Fixtures that start real servers on free ports and real clients against them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, Protocol
+
+import pytest
+from aiohttp import web
+
+from collab.app import create_app
+from collab.client import Session
+from collab.config import Settings
+
+IN_CI = os.environ.get("CI") == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A collab server listening on a real socket; ``restart`` keeps the port."""
+
+    settings: Settings
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    async def start(self) -> None:
+        self.app = create_app(self.settings)
+        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
+        await site.start()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+
+async def start_server(**overrides: Any) -> RunningServer:
+    settings = Settings(**{"port": free_port(), "unload_grace": 0.2, **overrides})
+    server = RunningServer(settings, None, None)  # type: ignore[arg-type]
+    await server.start()
+    return server
+
+
+class ServerFactory(Protocol):
+    def __call__(self, **overrides: Any) -> Awaitable[RunningServer]: ...
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Start servers with custom settings; all are stopped after the test."""
+    servers: list[RunningServer] = []
+
+    async def factory(**overrides: Any) -> RunningServer:
+        server = await start_server(**overrides)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        with contextlib.suppress(Exception):
+            await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> RunningServer:
+    """A collab server with default settings and the memory store."""
+    return await make_server()
+
+
+class ClientFactory(Protocol):
+    def __call__(
+        self, name: str = ..., *, url: str | None = ..., wait: bool = ..., **options: Any
+    ) -> Awaitable[Session]: ...
+
+
+@pytest.fixture
+async def make_client(server: RunningServer) -> AsyncIterator[ClientFactory]:
+    """Open synced Python client sessions; all are closed after the test."""
+    sessions: list[Session] = []
+
+    async def factory(
+        name: str = "doc", *, url: str | None = None, wait: bool = True, **options: Any
+    ) -> Session:
+        options.setdefault("min_backoff", 0.05)
+        options.setdefault("max_backoff", 0.5)
+        session = Session(url or server.ws_url, name, **options)
+        sessions.append(session)
+        await session.start()
+        if wait:
+            await session.wait_synced(10)
+        return session
+
+    yield factory
+    await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None
+
+
+@pytest.fixture
+def require_node() -> None:
+    """Interop tests need Node.js; in CI its absence is a failure, not a skip."""
+    here = os.path.dirname(__file__)
+    modules = os.path.join(here, "interop", "node_modules")
+    if node_available() and os.path.isdir(modules):
+        return
+    if IN_CI:
+        pytest.fail("Node.js and tests/interop/node_modules are required in CI (scripts/install)")
+    pytest.skip("Node.js or tests/interop/node_modules missing: run scripts/install")

@@ -1,0 +1,42 @@
+"""In-memory channels for testing rooms and connections without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from collab import protocol
+
+
+class MemoryChannel:
+    """Records what a connection sends; ``block()`` makes sends hang like a full socket."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.closed_with: tuple[int, str] | None = None
+        self._open = asyncio.Event()
+        self._open.set()
+        self.sent = asyncio.Event()
+
+    def block(self) -> None:
+        self._open.clear()
+
+    def unblock(self) -> None:
+        self._open.set()
+
+    async def send(self, frame: bytes) -> None:
+        await self._open.wait()
+        self.frames.append(frame)
+        self.sent.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def messages(self) -> list[protocol.Message]:
+        return [protocol.decode(f) for f in self.frames]
+
+    def updates(self) -> list[bytes]:
+        return [
+            m.update
+            for m in self.messages()
+            if isinstance(m, (protocol.SyncUpdate, protocol.SyncStep2))
+        ]

@@ -1,0 +1,46 @@
+"""Waiting without sleeping: re-check a condition until it holds or time runs out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from pycrdt import Text
+
+from collab.client import Session
+
+
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.01
+) -> None:
+    """Retry ``check`` until it is true; fail with a clear message after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        await asyncio.sleep(interval)
+
+
+def text_of(session: Session, key: str = "text") -> str:
+    return str(session.doc.get(key, type=Text))
+
+
+async def converged(sessions: Sequence[Session], key: str = "text", timeout: float = 20.0) -> str:
+    """Wait until every session holds the same text; return it."""
+
+    def same() -> bool:
+        texts = {text_of(s, key) for s in sessions}
+        return len(texts) == 1
+
+    try:
+        await eventually(same, timeout)
+    except AssertionError:
+        texts = "\n".join(f"  {s.name}#{i}: {text_of(s, key)!r}" for i, s in enumerate(sessions))
+        raise AssertionError(f"sessions did not converge within {timeout}s:\n{texts}") from None
+    return text_of(sessions[0], key)

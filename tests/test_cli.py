@@ -1,0 +1,79 @@
+"""The collab command: settings from flags and environment, serving, clean shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from collab import protocol
+from collab.closecodes import CloseCode
+from collab.config import Settings
+from tests.conftest import free_port
+
+
+def test_serve_help_lists_every_setting_with_its_variable_and_default() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "collab", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    for f in dataclasses.fields(Settings):
+        assert "--" + f.name.replace("_", "-") in out
+        assert f"env {Settings.env_name(f.name)}, default {f.default}" in flat
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    env = {"COLLAB_PORT": "9001", "COLLAB_HEARTBEAT": "5"}
+    assert Settings.from_args(parser.parse_args([]), env).port == 9001
+    assert Settings.from_args(parser.parse_args(["--port", "9002"]), env).port == 9002
+    assert Settings.from_args(parser.parse_args([]), env).heartbeat == 5.0
+    assert Settings.from_args(parser.parse_args([]), {}).port == 8080
+
+
+def test_bad_environment_value_is_a_clear_error() -> None:
+    with pytest.raises(SystemExit, match="COLLAB_PORT='eighty' is not a valid int"):
+        Settings.from_env({"COLLAB_PORT": "eighty"})
+
+
+async def test_sigterm_closes_sockets_with_1001_and_exits_zero() -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collab",
+        "serve",
+        "--port",
+        str(port),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            while b"serving" not in await proc.stderr.readline():
+                pass
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"ws://127.0.0.1:{port}/ws/doc")
+            assert isinstance(
+                protocol.decode(await ws.receive_bytes(timeout=5)), protocol.SyncStep1
+            )
+            proc.send_signal(signal.SIGTERM)
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == CloseCode.GOING_AWAY
+        async with asyncio.timeout(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,119 @@
+"""The send queue: order, merging a backlog, and dropping only a hopeless reader."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pycrdt import Awareness, Doc, Text
+
+from collab import protocol
+from collab.closecodes import CloseCode
+from collab.connection import Connection, SendLimits
+from tests.fakes import MemoryChannel
+from tests.helpers import eventually
+
+
+def updates_of(n: int) -> tuple[Doc, list[bytes]]:
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda e: updates.append(e.update))
+    for i in range(n):
+        text.insert(len(text), f"<{i}>")
+    return doc, updates
+
+
+def replay(updates: list[bytes]) -> str:
+    doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return str(doc.get("text", type=Text))
+
+
+async def test_frames_are_sent_in_order() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, doc="d", peer="test")
+    frames = [bytes([3]) for _ in range(5)] + [protocol.permission_denied(str(i)) for i in range(5)]
+    for frame in frames:
+        conn.send(frame)
+    await eventually(lambda: len(channel.frames) == len(frames))
+    assert channel.frames == frames
+    conn.close(CloseCode.NORMAL)
+    assert await conn.wait_closed() == CloseCode.NORMAL
+
+
+async def test_slow_reader_backlog_is_merged_and_loses_nothing() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(channel, doc="d", peer="test", limits=SendLimits(queue_limit=8))
+    source, updates = updates_of(100)
+    for update in updates:
+        conn.send_update(protocol.sync_update(update), update)
+    assert conn.counters.collapses > 0
+    assert len(conn._queue) < 8
+    channel.unblock()
+    await eventually(lambda: not conn._queue and conn._sending_since is None)
+    assert not conn.closed
+    assert len(channel.frames) < 100
+    assert replay(channel.updates()) == str(source.get("text", type=Text))
+
+
+async def test_slow_reader_awareness_backlog_keeps_newest_state() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(channel, doc="d", peer="test", limits=SendLimits(queue_limit=4))
+    aw = Awareness(Doc())
+    for i in range(20):
+        aw.set_local_state({"cursor": i})
+        payload = aw.encode_awareness_update([aw.client_id])
+        conn.send_awareness(protocol.awareness(payload), payload)
+    channel.unblock()
+    await eventually(lambda: not conn._queue and conn._sending_since is None)
+    seen = Awareness(Doc())
+    for message in channel.messages():
+        assert isinstance(message, protocol.AwarenessUpdate)
+        seen.apply_awareness_update(message.payload, "test")
+    assert seen.states[aw.client_id] == {"cursor": 19}
+
+
+async def test_reader_that_accepts_nothing_is_closed_with_1013() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(
+        channel, doc="d", peer="test", limits=SendLimits(queue_limit=4, stall_timeout=0.05)
+    )
+    _, updates = updates_of(4)
+    for update in updates:
+        conn.send_update(protocol.sync_update(update), update)
+    await asyncio.sleep(0.1)  # let the stall timeout pass: time is the input here
+    for update in updates:
+        conn.send_update(protocol.sync_update(update), update)
+    assert await conn.wait_closed() == CloseCode.TRY_AGAIN_LATER
+    assert channel.closed_with is not None and channel.closed_with[0] == CloseCode.TRY_AGAIN_LATER
+
+
+async def test_backlog_too_big_even_after_merging_is_closed_with_1013() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(
+        channel, doc="d", peer="test", limits=SendLimits(queue_limit=4, max_queue_bytes=100)
+    )
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    big: list[bytes] = []
+    doc.observe(lambda e: big.append(e.update))
+    for _ in range(4):
+        text.insert(0, "x" * 200)
+    for update in big:
+        conn.send_update(protocol.sync_update(update), update)
+    assert await conn.wait_closed() == CloseCode.TRY_AGAIN_LATER
+
+
+async def test_close_is_idempotent_and_keeps_first_code() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, doc="d", peer="test")
+    conn.close(CloseCode.PROTOCOL_ERROR, "bad")
+    conn.close(CloseCode.NORMAL, "again")
+    assert await conn.wait_closed() == CloseCode.PROTOCOL_ERROR
+    assert channel.closed_with == (CloseCode.PROTOCOL_ERROR, "bad")
+    conn.send(b"\x03")  # sending after close is a no-op, not an error
