@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from . import __version__
 from .closecodes import CloseCode
 from .config import Settings
+from .http_api import routes as api_routes
 from .keys import MANAGER, SETTINGS, STORE
 from .rooms import RoomManager
-from .store import open_store
+from .store import Store, open_store
 from .ws import websocket_handler
 
 log = logging.getLogger("collab.app")
@@ -27,12 +29,26 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(_going_away)
     app.router.add_get("/ws/{doc:.+}", websocket_handler)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_routes(api_routes)
     return app
+
+
+def store_from_settings(settings: Settings) -> Store:
+    """The (unopened) store the settings name, with their commit and compaction knobs."""
+    if urlsplit(settings.store).scheme == "memory":
+        return open_store(settings.store)
+    return open_store(
+        settings.store,
+        commit_window=settings.commit_window,
+        compact_updates=settings.compact_updates,
+        compact_bytes=settings.compact_bytes,
+    )
 
 
 async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = open_store(settings.store)
+    store = store_from_settings(settings)
     await store.open()
     app[STORE] = store
     app[MANAGER] = RoomManager(
@@ -53,5 +69,33 @@ async def _going_away(app: web.Application) -> None:
     await app[MANAGER].close(CloseCode.GOING_AWAY)
 
 
+def _status(app: web.Application) -> dict[str, object]:
+    manager = app[MANAGER]
+    return {
+        "version": __version__,
+        "store": {"url": _redacted(app[SETTINGS].store), "healthy": app[STORE].healthy},
+        "documents": len(manager.rooms),
+        "connections": sum(len(r.connections) for r in manager.rooms.values()),
+    }
+
+
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    """The process is up; ``store.healthy`` is false while commits are failing."""
+    return web.json_response({"status": "ok", **_status(request.app)})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready to take traffic: 503 while the store cannot commit."""
+    status = _status(request.app)
+    ready = request.app[STORE].healthy
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", **status}, status=200 if ready else 503
+    )
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import Settings
@@ -28,11 +29,88 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     Settings.add_arguments(serve)
 
+    def document_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text + ".")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument(
+            "--store",
+            metavar="URL",
+            help="work on this store directly "
+            f"[env {Settings.env_name('store')}, default {Settings().store}]",
+        )
+        where.add_argument(
+            "--server",
+            metavar="URL",
+            help="work through a running server's HTTP API, e.g. http://127.0.0.1:8080",
+        )
+        return sub
+
+    document_command("ls", "list stored documents with size, update count and last change")
+    export = document_command("export", "write a document's state as a binary Yjs update")
+    export.add_argument("doc", help="document name")
+    export.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
+    imp = document_command("import", "apply a binary Yjs update (a file from export) to a document")
+    imp.add_argument("doc", help="document name")
+    imp.add_argument("file", help="update file, or - for stdin")
+    compact = commands.add_parser(
+        "compact", help="compact documents' update logs into snapshots now"
+    )
+    compact.add_argument("doc", nargs="?", help="document name (default: every document)")
+    compact.add_argument("--store", metavar="URL", help="store URL [env COLLAB_STORE]")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(Settings.from_args(args))
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return asyncio.run(_documents(args))
+
+
+async def _documents(args: argparse.Namespace) -> int:
+    from . import admin
+    from .app import store_from_settings
+    from .store import StoreError
+
+    target: admin.StoreTarget | admin.ServerTarget
+    if getattr(args, "server", None):
+        target = admin.ServerTarget(args.server)
+    else:
+        store = store_from_settings(Settings.from_env(store=args.store))
+        try:
+            await store.open()
+        except StoreError as exc:
+            print(f"collab: cannot open the store: {exc}", file=sys.stderr)
+            return 1
+        target = admin.StoreTarget(store)
+    try:
+        if args.command == "ls":
+            print(admin.format_table(await target.list()))
+        elif args.command == "export":
+            update = await target.export(args.doc)
+            if update is None:
+                print(f"collab: no document named {args.doc!r}", file=sys.stderr)
+                return 1
+            if args.output:
+                await asyncio.to_thread(Path(args.output).write_bytes, update)
+                print(
+                    f"wrote {len(update)} bytes of {args.doc!r} to {args.output}", file=sys.stderr
+                )
+            else:
+                sys.stdout.buffer.write(update)
+        elif args.command == "import":
+            if args.file == "-":
+                data = sys.stdin.buffer.read()
+            else:
+                data = await asyncio.to_thread(Path(args.file).read_bytes)
+            await target.import_update(args.doc, data)
+            print(f"imported {len(data)} bytes into {args.doc!r}", file=sys.stderr)
+        elif args.command == "compact":
+            assert isinstance(target, admin.StoreTarget)
+            names = [args.doc] if args.doc else [d.name for d in await target.list()]
+            for name in names:
+                await target.compact(name)
+                print(f"compacted {name!r}", file=sys.stderr)
+    finally:
+        await target.close()
+    return 0
 
 
 def _serve(settings: Settings) -> int:
@@ -42,8 +120,16 @@ def _serve(settings: Settings) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from .store import StoreError
+
     try:
         asyncio.run(_run_server(settings))
+    except StoreError as exc:  # data folder not writable, database unreachable...
+        logging.getLogger("collab").error("cannot open the store: %s", exc)
+        return 1
+    except ValueError as exc:  # a store URL we do not understand
+        logging.getLogger("collab").error("%s", exc)
+        return 2
     except OSError as exc:  # port taken, interface missing...
         logging.getLogger("collab").error(
             "cannot serve on %s:%d: %s", settings.host, settings.port, exc

@@ -23,9 +23,22 @@ class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on")
     port: int = _setting(8080, "TCP port to listen on")
     store: str = _setting(
-        "memory://",
-        "where documents are kept: memory:// (nothing survives a restart)",
+        "sqlite:///data/collab.db",
+        "where documents are kept: sqlite:///PATH (relative) or sqlite:////ABS/PATH, "
+        "postgresql://USER@HOST/DB, or memory:// (nothing survives a restart)",
         metavar="URL",
+    )
+    commit_window: float = _setting(
+        0.02,
+        "seconds of updates group-committed in one store transaction; "
+        "a SIGKILL loses at most this much",
+        metavar="SECONDS",
+    )
+    compact_updates: int = _setting(
+        500, "log length (updates) that makes a document compact into one snapshot", metavar="N"
+    )
+    compact_bytes: int = _setting(
+        1024 * 1024, "log size that makes a document compact into one snapshot", metavar="BYTES"
     )
     unload_grace: float = _setting(
         10.0, "seconds a document stays loaded after its last client leaves", metavar="SECONDS"

@@ -83,9 +83,12 @@ class Room:
         if update:
             self.apply_update(update, STORE)
 
-    async def close(self) -> None:
-        """Stop background work; the room must have no connections left."""
-        self._flush()
+    async def close(self, *, flush: bool = True) -> None:
+        """Stop background work; ``flush=False`` drops unsent changes (deletion)."""
+        if flush:
+            self._flush()
+        else:
+            self._pending.clear()
         self._awareness_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._awareness_task

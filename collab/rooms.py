@@ -79,8 +79,8 @@ class RoomManager:
             del self._loading[name]
 
     def _schedule_unload(self, room: Room) -> None:
-        if room.name in self._unload_timers:
-            return
+        if self.rooms.get(room.name) is not room or room.name in self._unload_timers:
+            return  # deleted (or replaced) meanwhile, or already scheduled
         loop = asyncio.get_running_loop()
 
         def start() -> None:
@@ -104,6 +104,34 @@ class RoomManager:
             log.exception("unloading room %r failed; it stays loaded", room.name)
         finally:
             self._unloading.pop(room.name, None)
+
+    def release_if_idle(self, room: Room) -> None:
+        """Let a room opened without a connection (HTTP API) unload after the grace."""
+        if not room.connections:
+            self._schedule_unload(room)
+
+    async def delete(self, name: str) -> bool:
+        """Close the document's connections with 4404 and forget it everywhere.
+
+        Returns whether there was anything to delete.
+        """
+        timer = self._unload_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        loading = self._loading.get(name)
+        if loading is not None:
+            with contextlib.suppress(Exception):
+                await loading
+        room = self.rooms.pop(name, None)
+        existed = room is not None or await self.store.info(name) is not None
+        if room is not None:
+            conns = list(room.connections)
+            for conn in conns:
+                conn.close(CloseCode.NOT_FOUND, "document deleted")
+            await room.close(flush=False)
+        await self.store.delete(name)
+        log.info("deleted document %r", name)
+        return existed
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every connection with ``code``, then flush and drop every room."""

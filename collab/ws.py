@@ -12,6 +12,7 @@ from .closecodes import CloseCode
 from .connection import Connection, SendLimits
 from .keys import MANAGER, SETTINGS
 from .protocol import ProtocolError
+from .store import StoreError
 
 log = logging.getLogger("collab.ws")
 
@@ -70,6 +71,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     )
     try:
         room = await manager.acquire(name)
+    except StoreError as exc:
+        log.error("cannot open document %r for %s: %s", name, peer, exc)
+        conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
+        await conn.wait_closed()
+        return ws
     except Exception:
         log.exception("cannot open document %r for %s", name, peer)
         conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")

@@ -63,7 +63,8 @@ class RunningServer:
 
 
 async def start_server(**overrides: Any) -> RunningServer:
-    settings = Settings(**{"port": free_port(), "unload_grace": 0.2, **overrides})
+    defaults: dict[str, Any] = {"port": free_port(), "unload_grace": 0.2, "store": "memory://"}
+    settings = Settings(**{**defaults, **overrides})
     server = RunningServer(settings, None, None)  # type: ignore[arg-type]
     await server.start()
     return server
