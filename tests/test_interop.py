@@ -21,6 +21,7 @@ from pycrdt import Text
 from collab.client import Session
 from tests.conftest import ClientFactory, RunningServer
 from tests.helpers import eventually, text_of
+from tests.processes import ServerProcess, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -398,3 +399,26 @@ async def test_js_client_offline_edits_reach_server_after_reconnect(
     # A newcomer gets it all from the server alone.
     late = await make_js_client("interop-offline")
     assert late.initial_text == expected
+
+
+async def test_js_edits_survive_a_sigkilled_sqlite_server(
+    tmp_path: Path, make_js_client: JsClientFactory
+) -> None:
+    store = f"sqlite:///{tmp_path}/collab.db"
+    server = ServerProcess("--store", store)
+    await server.start()
+    try:
+        writer = await make_js_client("persisted", url=server.ws_url)
+        for i in range(20):
+            await writer.insert(utf16_len(await writer.text()), f"js line {i}\n")
+        expected = await writer.text()
+        await asyncio.sleep(1.0)  # SIGKILL one second after the last edit
+        await server.kill()
+        # The writer must not re-send its copy: only the store may restore it.
+        await writer.kill()
+    finally:
+        if server.proc is not None and server.proc.returncode is None:
+            await server.kill()
+    async with running("--store", store, port=server.port) as again:
+        reader = await make_js_client("persisted", url=again.ws_url)
+        assert reader.initial_text == expected
