@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import socket
@@ -137,3 +138,37 @@ def require_node() -> None:
     if IN_CI:
         pytest.fail("Node.js and tests/interop/node_modules are required in CI (scripts/install)")
     pytest.skip("Node.js or tests/interop/node_modules missing: run scripts/install")
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing "):
+            self.messages.append(message)
+
+
+#: A callback that holds the event loop this long fails the test: blocking
+#: work (SQLite, compaction) belongs in a thread.  Generous, for slow CI.
+SLOW_CALLBACK_SECONDS = 0.5
+
+
+@pytest.fixture(autouse=True)
+async def event_loop_is_never_blocked() -> AsyncIterator[None]:
+    """Fail a test when any callback on its event loop ran too long."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    handler = _SlowCallbacks()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        asyncio_log.removeHandler(handler)
+        loop.set_debug(False)
+    if handler.messages:
+        pytest.fail("the event loop was blocked:\n" + "\n".join(handler.messages))
