@@ -12,8 +12,10 @@ from . import __version__
 from .closecodes import CloseCode
 from .config import Settings
 from .http_api import routes as api_routes
-from .keys import MANAGER, SETTINGS, STORE
+from .keys import MANAGER, METRICS, SETTINGS, STORE
+from .metrics import CONTENT_TYPE, Metrics
 from .rooms import RoomManager
+from .static import setup_frontend
 from .store import Store, open_store
 from .ws import websocket_handler
 
@@ -25,12 +27,15 @@ def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings()
     app = web.Application(client_max_size=settings.max_message_size)
     app[SETTINGS] = settings
+    app[METRICS] = Metrics()
     app.cleanup_ctx.append(_rooms_ctx)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/ws/{doc:.+}", websocket_handler)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_routes(api_routes)
+    setup_frontend(app)
     return app
 
 
@@ -51,11 +56,24 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     store = store_from_settings(settings)
     await store.open()
     app[STORE] = store
-    app[MANAGER] = RoomManager(
+    metrics = app[METRICS]
+    manager = app[MANAGER] = RoomManager(
         store,
         unload_grace=settings.unload_grace,
         awareness_timeout=settings.awareness_timeout,
+        max_doc_size=settings.max_doc_size,
+        metrics=metrics,
     )
+    metrics.gauge(
+        "collab_connections", "Open WebSocket connections", lambda: manager.connection_count
+    )
+    metrics.gauge("collab_documents_loaded", "Documents open in memory", lambda: len(manager.rooms))
+    metrics.gauge("collab_store_healthy", "1 while the store commits", lambda: float(store.healthy))
+    if settings.auth_secret is None:
+        log.warning(
+            "no --auth-secret: the server is OPEN, anyone who can reach it may read and "
+            "write every document"
+        )
     try:
         yield
     finally:
@@ -91,6 +109,10 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "ready" if ready else "unavailable", **status}, status=200 if ready else 503
     )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 def _redacted(url: str) -> str:

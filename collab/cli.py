@@ -58,9 +58,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     compact.add_argument("doc", nargs="?", help="document name (default: every document)")
     compact.add_argument("--store", metavar="URL", help="store URL [env COLLAB_STORE]")
 
+    token = commands.add_parser(
+        "token",
+        help="print an access token for --auth-secret servers",
+        description="Print a signed access token (JWT, HS256) for documents matching --doc.",
+    )
+    token.add_argument("--doc", required=True, help="document name or glob, e.g. 'team-*' or '*'")
+    token.add_argument("--mode", choices=("read", "write"), default="write")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 12h, 7d (default 1h)")
+    token.add_argument(
+        "--secret", help="signing secret [env COLLAB_AUTH_SECRET, the server's --auth-secret]"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(Settings.from_args(args))
+    if args.command == "token":
+        return _token(args)
     return asyncio.run(_documents(args))
 
 
@@ -113,14 +127,39 @@ async def _documents(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in '90', '90s', '30m', '12h' or '7d'."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (try 90s, 30m, 12h, 7d)") from None
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import issue_token
+
+    secret = args.secret or Settings.from_env().auth_secret
+    if not secret:
+        print("collab token: give --secret or set COLLAB_AUTH_SECRET", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        print(f"collab token: {exc}", file=sys.stderr)
+        return 2
+    print(issue_token(secret, args.doc, args.mode, ttl))
+    return 0
+
+
 def _serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from .logs import setup_logging
     from .store import StoreError
+
+    setup_logging(settings.log_level, settings.log_format)
 
     try:
         asyncio.run(_run_server(settings))

@@ -27,11 +27,17 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011
     #: The connection could not keep up with its document and was dropped.
     TRY_AGAIN_LATER = 1013
+    #: The connection broke a policy other codes do not name.
+    POLICY_VIOLATION = 1008
     UNAUTHORIZED = 4401
     FORBIDDEN = 4403
     #: The document was deleted while the connection was open.
     NOT_FOUND = 4404
     TIMEOUT = 4408
+    #: An update would grow the document past ``--max-doc-size``.
+    DOCUMENT_TOO_LARGE = 4413
+    #: The connection sent faster than ``--rate-messages`` / ``--rate-bytes``.
+    RATE_LIMITED = 4429
 
     @classmethod
     def is_fatal(cls, code: int | None) -> bool:
@@ -52,5 +58,6 @@ _FATAL = frozenset(
         CloseCode.UNAUTHORIZED,
         CloseCode.FORBIDDEN,
         CloseCode.NOT_FOUND,
+        CloseCode.DOCUMENT_TOO_LARGE,
     }
 )

@@ -9,13 +9,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 
-def _setting(default: Any, help: str, *, metavar: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "metavar": metavar})
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    repeat: bool = False,
+    secret: bool = False,
+) -> Any:
+    """A setting: ``parse`` turns the flag / variable text into the value.
+
+    ``repeat`` settings are tuples: the flag may be given several times and
+    the variable holds a comma-separated list.
+    """
+    parse = parse or type(default)
+    return field(
+        default=default,
+        metadata={
+            "help": help,
+            "metavar": metavar,
+            "parse": parse,
+            "repeat": repeat,
+            "secret": secret,
+        },
+    )
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    parse.__name__ = "|".join(choices)
+    return parse
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +106,59 @@ class Settings:
     awareness_timeout: float = _setting(
         30.0, "seconds before a silent client's presence is dropped", metavar="SECONDS"
     )
-    log_level: str = _setting("info", "debug, info, warning or error", metavar="LEVEL")
+    auth_secret: str | None = _setting(
+        None,
+        "HS256 secret that signs access tokens; without it the server is open to everyone",
+        metavar="SECRET",
+        parse=_optional_str,
+        secret=True,
+    )
+    allowed_origin: tuple[str, ...] = _setting(
+        (),
+        "browser origin allowed to open sockets besides the server's own "
+        "(repeatable; * allows any)",
+        metavar="ORIGIN",
+        parse=str,
+        repeat=True,
+    )
+    max_connections: int = _setting(
+        10_000, "open WebSocket connections in total; more are closed with 1013", metavar="N"
+    )
+    max_connections_per_doc: int = _setting(
+        1_000, "open connections per document; more are closed with 1013", metavar="N"
+    )
+    max_doc_size: int = _setting(
+        128 * 1024 * 1024,
+        "encoded size a document may reach; updates beyond it are refused (close 4413)",
+        metavar="BYTES",
+    )
+    max_name_length: int = _setting(
+        512, "longest document name; longer ones are refused with HTTP 400", metavar="CHARS"
+    )
+    rate_messages: float = _setting(
+        500.0,
+        "messages per second a connection may send (bursts of twice that); "
+        "faster ones are closed with 4429",
+        metavar="N",
+    )
+    rate_bytes: float = _setting(
+        8 * 1024 * 1024,
+        "bytes per second a connection may send (bursts of twice that, at least one "
+        "maximum-size message); faster ones are closed with 4429",
+        metavar="BYTES",
+    )
+    log_level: str = _setting(
+        "info",
+        "debug, info, warning or error",
+        metavar="LEVEL",
+        parse=_choice("debug", "info", "warning", "error"),
+    )
+    log_format: str = _setting(
+        "text",
+        "text for people, json for log collectors (one object per line)",
+        metavar="FORMAT",
+        parse=_choice("text", "json"),
+    )
 
     @staticmethod
     def env_name(name: str) -> str:
@@ -81,9 +170,15 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(cls.env_name(f.name))
-            if raw is not None:
-                values[f.name] = _convert(f, raw, source=cls.env_name(f.name))
+            source = cls.env_name(f.name)
+            raw = environ.get(source)
+            if raw is None:
+                continue
+            if f.metadata["repeat"]:
+                items = [item.strip() for item in raw.split(",") if item.strip()]
+                values[f.name] = tuple(_convert(f, item, source=source) for item in items)
+            else:
+                values[f.name] = _convert(f, raw, source=source)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -91,44 +186,60 @@ class Settings:
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """One flag per setting; help shows the variable and the default."""
         for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
             parser.add_argument(
-                flag,
+                _flag(f.name),
                 dest=f.name,
-                type=_parser_for(f),
+                type=f.metadata["parse"],
+                action="append" if f.metadata["repeat"] else "store",
                 default=None,
                 metavar=f.metadata["metavar"] or f.name.upper(),
-                help=f"{f.metadata['help']} [env {cls.env_name(f.name)}, default {f.default}]",
+                help=f"{f.metadata['help']} [env {cls.env_name(f.name)}, default {_shown(f)}]",
             )
 
     @classmethod
     def from_args(
         cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
     ) -> Settings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls.from_env(environ, **{k: v for k, v in vars(args).items() if k in names})
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f.name, None)
+            values[f.name] = tuple(value) if f.metadata["repeat"] and value else value
+        return cls.from_env(environ, **values)
 
     @classmethod
     def table(cls) -> Sequence[tuple[str, str, str, str]]:
         """(flag, env, default, help) rows, for the README."""
         return [
-            (
-                "--" + f.name.replace("_", "-"),
-                cls.env_name(f.name),
-                str(f.default),
-                f.metadata["help"],
-            )
+            (_flag(f.name), cls.env_name(f.name), _shown(f), f.metadata["help"])
             for f in dataclasses.fields(cls)
         ]
 
+    def redacted(self) -> dict[str, Any]:
+        """The settings for a log line, secrets hidden."""
+        return {
+            f.name: (
+                "***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name)
+            )
+            for f in dataclasses.fields(self)
+        }
 
-def _parser_for(f: dataclasses.Field[Any]) -> Any:
-    kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(f.type, str)
-    return kind
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(f: dataclasses.Field[Any]) -> str:
+    if f.default is None:
+        return "none"
+    if f.metadata["repeat"]:
+        default: tuple[str, ...] = f.default  # type: ignore[assignment]
+        return ",".join(default) or "none"
+    return str(f.default)
 
 
 def _convert(f: dataclasses.Field[Any], raw: str, *, source: str) -> Any:
+    parse = f.metadata["parse"]
     try:
-        return _parser_for(f)(raw)
-    except ValueError:
-        raise SystemExit(f"{source}={raw!r} is not a valid {f.type}") from None
+        return parse(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{source}={raw!r} is not a valid {parse.__name__}: {exc}") from None

@@ -28,13 +28,11 @@ from pycrdt import merge_updates
 
 from . import protocol
 from .closecodes import CloseCode
+from .metrics import Traffic
 
 log = logging.getLogger("collab.connection")
 
 _ids = itertools.count(1)
-
-#: Close codes of ordinary goodbyes, not worth a warning.
-_QUIET_CODES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006})
 
 
 class Channel(Protocol):
@@ -67,6 +65,37 @@ class SendLimits:
     stall_timeout: float = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What a connection may send: messages and bytes per second, with bursts."""
+
+    messages: float = 500.0
+    bytes: float = 8 * 1024 * 1024
+    burst_seconds: float = 2.0
+    #: A burst always admits at least one message of this size.
+    max_message_size: int = 16 * 1024 * 1024
+
+
+class TokenBucket:
+    """Refills at ``rate`` per second up to ``capacity``; ``take`` spends."""
+
+    __slots__ = ("_level", "_rate", "_stamp", "capacity")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self._rate = rate
+        self.capacity = capacity
+        self._level = capacity
+        self._stamp = now
+
+    def take(self, amount: float, now: float) -> bool:
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if amount > self._level:
+            return False
+        self._level -= amount
+        return True
+
+
 @dataclass(slots=True)
 class Counters:
     frames_in: int = 0
@@ -87,6 +116,8 @@ class Connection:
         doc: str,
         peer: str,
         limits: SendLimits | None = None,
+        rate: RateLimits | None = None,
+        traffic: Traffic | None = None,
         can_write: bool = True,
     ) -> None:
         self.id = next(_ids)
@@ -95,6 +126,7 @@ class Connection:
         self.can_write = can_write
         self.counters = Counters()
         self.close_code: int | None = None
+        self.close_reason = ""
         self._channel = channel
         self._limits = limits or SendLimits()
         self._queue: deque[_Item] = deque()
@@ -102,6 +134,17 @@ class Connection:
         self._wakeup = asyncio.Event()
         self._sending_since: float | None = None
         self._loop = asyncio.get_running_loop()
+        self._traffic = traffic or Traffic()
+        now = self._loop.time()
+        self._rate_messages: TokenBucket | None = None
+        self._rate_bytes: TokenBucket | None = None
+        if rate is not None:
+            self._rate_messages = TokenBucket(
+                rate.messages, rate.messages * rate.burst_seconds, now
+            )
+            self._rate_bytes = TokenBucket(
+                rate.bytes, max(rate.bytes * rate.burst_seconds, rate.max_message_size), now
+            )
         self._writer = self._loop.create_task(self._write_loop(), name=f"collab-writer-{self.id}")
         self._closed = self._loop.create_future()
 
@@ -115,6 +158,19 @@ class Connection:
     async def wait_closed(self) -> int:
         """Wait until the connection is closed; return the close code."""
         return await asyncio.shield(self._closed)
+
+    # -- receiving ------------------------------------------------------------
+
+    def received(self, size: int) -> bool:
+        """Count an incoming frame; False when it breaks the rate limit."""
+        self.counters.frames_in += 1
+        self.counters.bytes_in += size
+        self._traffic.messages_in += 1
+        self._traffic.bytes_in += size
+        if self._rate_messages is None or self._rate_bytes is None:
+            return True
+        now = self._loop.time()
+        return self._rate_messages.take(1, now) and self._rate_bytes.take(size, now)
 
     # -- sending --------------------------------------------------------------
 
@@ -188,6 +244,8 @@ class Connection:
                 self._sending_since = None
                 self.counters.frames_out += 1
                 self.counters.bytes_out += len(item.frame)
+                self._traffic.messages_out += 1
+                self._traffic.bytes_out += len(item.frame)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send
@@ -205,16 +263,9 @@ class Connection:
         if self.closed:
             return
         self.close_code = code
+        self.close_reason = reason
         self._queue.clear()
         self._queued_bytes = 0
-        if code not in _QUIET_CODES:
-            log.warning(
-                "closing connection doc=%r peer=%s code=%d reason=%s",
-                self.doc,
-                self.peer,
-                code,
-                reason,
-            )
         self._loop.create_task(self._close(code, reason, abnormal), name=f"collab-close-{self.id}")
 
     async def _close(self, code: int, reason: str, abnormal: bool) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 from aiohttp import web
 from pycrdt import Array, Doc, Map, Text, XmlFragment
 
-from .keys import MANAGER, STORE
+from .auth import AuthError, Grant, authorize
+from .closecodes import CloseCode
+from .keys import MANAGER, METRICS, SETTINGS, STORE
 from .origins import LOCAL
 from .protocol import ProtocolError
 from .store import CorruptDocument
@@ -24,6 +26,16 @@ from .ws import document_name
 log = logging.getLogger("collab.http")
 
 routes = web.RouteTableDef()
+
+
+def require(request: web.Request, doc: str | None, *, write: bool) -> Grant:
+    """The caller's grant for ``doc`` (None: listing), or a 401/403 response."""
+    settings = request.app[SETTINGS]
+    try:
+        return authorize(request, settings.auth_secret, doc, write=write)
+    except AuthError as exc:
+        request.app[METRICS].refused(exc.metric)
+        raise exc.http() from None
 
 
 def _b64(data: bytes) -> str:
@@ -94,9 +106,10 @@ def document_content(update: bytes) -> dict[str, Any]:
 
 @routes.get("/api/docs")
 async def list_documents(request: web.Request) -> web.Response:
+    grant = require(request, None, write=False)
     manager = request.app[MANAGER]
     stored = {info.name: info for info in await request.app[STORE].list()}
-    names = sorted(set(stored) | set(manager.rooms))
+    names = sorted(n for n in set(stored) | set(manager.rooms) if grant.covers(n))
     docs = []
     for name in names:
         info = stored.get(name)
@@ -116,6 +129,7 @@ async def list_documents(request: web.Request) -> web.Response:
 @routes.get("/api/docs/{doc:.+}/update")
 async def get_update(request: web.Request) -> web.Response:
     name = document_name(request)
+    require(request, name, write=False)
     update = await _current_update(request, name)
     sv = request.query.get("sv")
     if sv is not None:
@@ -131,6 +145,7 @@ async def get_update(request: web.Request) -> web.Response:
 @routes.post("/api/docs/{doc:.+}/update")
 async def post_update(request: web.Request) -> web.Response:
     name = document_name(request)
+    require(request, name, write=True)
     body = await request.read()
     if not body:
         raise web.HTTPBadRequest(text="empty body: expected a binary Yjs update")
@@ -139,6 +154,10 @@ async def post_update(request: web.Request) -> web.Response:
     try:
         room.apply_update(body, LOCAL)
     except ProtocolError as exc:
+        if exc.code == CloseCode.DOCUMENT_TOO_LARGE:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=request.app[SETTINGS].max_doc_size, actual_size=len(body)
+            ) from None
         raise web.HTTPBadRequest(text=exc.reason) from None
     finally:
         manager.release_if_idle(room)
@@ -148,6 +167,7 @@ async def post_update(request: web.Request) -> web.Response:
 @routes.get("/api/docs/{doc:.+}")
 async def get_document(request: web.Request) -> web.Response:
     name = document_name(request)
+    require(request, name, write=False)
     update = await _current_update(request, name)
     return web.json_response({"name": name, "content": document_content(update)})
 
@@ -155,6 +175,7 @@ async def get_document(request: web.Request) -> web.Response:
 @routes.delete("/api/docs/{doc:.+}")
 async def delete_document(request: web.Request) -> web.Response:
     name = document_name(request)
+    require(request, name, write=True)
     manager = request.app[MANAGER]
     existed = await manager.delete(name)
     if not existed:

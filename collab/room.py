@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
@@ -22,6 +23,7 @@ from pycrdt import Awareness, Doc, TransactionEvent, merge_updates
 from . import protocol
 from .closecodes import CloseCode
 from .connection import Connection
+from .metrics import Metrics
 from .origins import STORE, LocalOrigin, StoreOrigin
 from .protocol import ProtocolError
 from .store import Store
@@ -51,6 +53,8 @@ class Room:
         store: Store | None = None,
         on_empty: Callable[[Room], None] | None = None,
         awareness_timeout: float = 30.0,
+        max_doc_size: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
@@ -61,6 +65,10 @@ class Room:
         self._awareness_owner: dict[int, Connection] = {}
         self._store = store
         self._on_empty = on_empty
+        self._max_doc_size = max_doc_size
+        self._metrics = metrics
+        #: An upper bound of the encoded document size (sum of what was applied).
+        self._size_bound = 0
         self._loop = asyncio.get_running_loop()
         self._origin: Origin = STORE
         self._pending: list[tuple[bytes, Origin]] = []
@@ -124,8 +132,6 @@ class Room:
 
     def handle(self, conn: Connection, frame: bytes) -> None:
         """Act on one frame from ``conn``; raise ``ProtocolError`` to drop it."""
-        conn.counters.frames_in += 1
-        conn.counters.bytes_in += len(frame)
         message = protocol.decode(frame)
         if isinstance(message, protocol.SyncStep1):
             conn.send(self._step2_for(message.state_vector))
@@ -143,7 +149,10 @@ class Room:
 
     def apply_update(self, update: bytes, origin: Origin) -> None:
         """Apply an update once; the observer queues its broadcast and storage."""
+        if self._max_doc_size is not None and not isinstance(origin, StoreOrigin):
+            self._check_size(len(update))
         self._origin = origin
+        started = time.perf_counter()
         try:
             self.doc.apply_update(update)
         except Exception as exc:
@@ -157,6 +166,21 @@ class Room:
             raise ProtocolError(CloseCode.INVALID_DATA, "update refused: decoder panic") from None
         finally:
             self._origin = STORE
+        self._size_bound += len(update)
+        if self._metrics is not None:
+            self._metrics.apply_seconds.observe(time.perf_counter() - started)
+
+    def _check_size(self, incoming: int) -> None:
+        assert self._max_doc_size is not None
+        if self._size_bound + incoming <= self._max_doc_size:
+            return
+        # Near the limit the cheap bound is not enough: measure exactly.
+        self._size_bound = len(self.doc.get_update())
+        if self._size_bound + incoming > self._max_doc_size:
+            raise ProtocolError(
+                CloseCode.DOCUMENT_TOO_LARGE,
+                f"document would exceed {self._max_doc_size} bytes",
+            )
 
     def _step2_for(self, state_vector: bytes) -> bytes:
         if state_vector == _EMPTY_STATE_VECTOR:

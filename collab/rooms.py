@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from .closecodes import CloseCode
+from .metrics import Metrics
 from .room import Room
 from .store import Store
 
@@ -28,8 +29,14 @@ class RoomManager:
         *,
         unload_grace: float = 10.0,
         awareness_timeout: float = 30.0,
+        max_doc_size: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
+        self._max_doc_size = max_doc_size
+        #: Open connections over all rooms (the ws route keeps it).
+        self.connection_count = 0
         self.rooms: dict[str, Room] = {}
         self._unload_grace = unload_grace
         self._awareness_timeout = awareness_timeout
@@ -66,6 +73,8 @@ class RoomManager:
                 store=self.store,
                 on_empty=self._schedule_unload,
                 awareness_timeout=self._awareness_timeout,
+                max_doc_size=self._max_doc_size,
+                metrics=self.metrics,
             )
             try:
                 room.load(update)

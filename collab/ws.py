@@ -1,4 +1,4 @@
-"""The WebSocket route: validate, upgrade, join the room, pump frames."""
+"""The WebSocket route: check, upgrade, join the room, pump frames."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from .auth import AuthError, authorize, check_origin
 from .closecodes import CloseCode
-from .connection import Connection, SendLimits
-from .keys import MANAGER, SETTINGS
+from .connection import Connection, RateLimits, SendLimits
+from .keys import MANAGER, METRICS, SETTINGS
 from .protocol import ProtocolError
 from .store import StoreError
 
 log = logging.getLogger("collab.ws")
 
-MAX_NAME_LENGTH = 512
+#: Goodbyes that are nobody's fault: no warning for these.
+_ORDINARY_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006, None})
 
 
 class WebSocketChannel:
@@ -37,8 +39,10 @@ class WebSocketChannel:
 def document_name(request: web.Request) -> str:
     """The URL-decoded document name, or an HTTP 400 before any upgrade."""
     name = request.match_info["doc"]
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise web.HTTPBadRequest(text=f"document name must be 1 to {MAX_NAME_LENGTH} characters")
+    limit = request.app[SETTINGS].max_name_length
+    if not 1 <= len(name) <= limit:
+        request.app[METRICS].refused("bad_name")
+        raise web.HTTPBadRequest(text=f"document name must be 1 to {limit} characters")
     return name
 
 
@@ -52,12 +56,27 @@ def peer_of(request: web.Request) -> str:
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     manager = request.app[MANAGER]
+    metrics = request.app[METRICS]
     name = document_name(request)
     peer = peer_of(request)
-    ws = web.WebSocketResponse(
-        max_msg_size=settings.max_message_size,
-        heartbeat=settings.heartbeat,
-    )
+    # Everything that can refuse a stranger happens before the upgrade, so
+    # no socket or room is ever created for one.
+    try:
+        check_origin(request, settings.allowed_origin)
+        grant = authorize(request, settings.auth_secret, name, write=False)
+    except AuthError as exc:
+        metrics.refused(exc.metric)
+        log.warning(
+            "refused doc=%r peer=%s status=%d reason=%s",
+            name,
+            peer,
+            exc.status,
+            exc.reason,
+            extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
+        )
+        raise exc.http() from None
+
+    ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, heartbeat=settings.heartbeat)
     await ws.prepare(request)
     conn = Connection(
         WebSocketChannel(ws),
@@ -68,32 +87,101 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             max_queue_bytes=settings.max_queue_bytes,
             stall_timeout=settings.stall_timeout,
         ),
+        rate=RateLimits(
+            messages=settings.rate_messages,
+            bytes=settings.rate_bytes,
+            max_message_size=settings.max_message_size,
+        ),
+        traffic=metrics.traffic,
+        can_write=grant.can_write,
     )
+    manager.connection_count += 1
+    try:
+        await _serve(conn, ws, request)
+    finally:
+        manager.connection_count -= 1
+        metrics.closed(conn.close_code)
+        # One line per connection closed; a warning when the client was at fault.
+        level = logging.INFO if conn.close_code in _ORDINARY_CLOSES else logging.WARNING
+        log.log(
+            level,
+            "close doc=%r peer=%s conn=%d code=%s reason=%s",
+            name,
+            peer,
+            conn.id,
+            conn.close_code,
+            conn.close_reason or "-",
+            extra={
+                "doc": name,
+                "peer": peer,
+                "conn": conn.id,
+                "code": conn.close_code,
+                "reason": conn.close_reason or None,
+                "event": "close",
+            },
+        )
+    return ws
+
+
+async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Request) -> None:
+    settings = request.app[SETTINGS]
+    manager = request.app[MANAGER]
+    metrics = request.app[METRICS]
+    name = conn.doc
+    if manager.connection_count > settings.max_connections:
+        metrics.refused("server_full")
+        conn.close(
+            CloseCode.TRY_AGAIN_LATER, f"server is at {settings.max_connections} connections"
+        )
+        await conn.wait_closed()
+        return
     try:
         room = await manager.acquire(name)
     except StoreError as exc:
-        log.error("cannot open document %r for %s: %s", name, peer, exc)
+        log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
         conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
         await conn.wait_closed()
-        return ws
+        return
     except Exception:
-        log.exception("cannot open document %r for %s", name, peer)
+        log.exception("cannot open document %r for %s", name, conn.peer)
         conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
         await conn.wait_closed()
-        return ws
+        return
+    if len(room.connections) >= settings.max_connections_per_doc:
+        metrics.refused("document_full")
+        conn.close(
+            CloseCode.TRY_AGAIN_LATER,
+            f"document is at {settings.max_connections_per_doc} connections",
+        )
+        manager.release_if_idle(room)
+        await conn.wait_closed()
+        return
     room.join(conn)
-    log.info("open doc=%r peer=%s conn=%d", name, peer, conn.id)
+    log.info(
+        "open doc=%r peer=%s conn=%d mode=%s",
+        name,
+        conn.peer,
+        conn.id,
+        "write" if conn.can_write else "read",
+        extra={"doc": name, "peer": conn.peer, "conn": conn.id, "event": "open"},
+    )
     try:
         async for msg in ws:
             if conn.closed:
                 break
             if msg.type is WSMsgType.BINARY:
+                if not conn.received(len(msg.data)):
+                    metrics.refused("rate_limited")
+                    conn.close(CloseCode.RATE_LIMITED, "sending too fast")
+                    break
                 try:
                     room.handle(conn, msg.data)
                 except ProtocolError as exc:
+                    metrics.refused(exc.code.name.lower())
                     conn.close(exc.code, exc.reason)
                     break
             elif msg.type is WSMsgType.TEXT:
+                metrics.refused("text_frame")
                 conn.close(
                     CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
                 )
@@ -109,5 +197,3 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         conn.mark_closed(ws.close_code)
         with contextlib.suppress(Exception):
             await conn.wait_closed()
-        log.info("close doc=%r peer=%s conn=%d code=%s", name, peer, conn.id, conn.close_code)
-    return ws

@@ -1,9 +1,19 @@
 #!/usr/bin/env python3
-"""Print the README's settings table from collab.config.Settings (the one source)."""
+"""Print the README's settings table from collab.config.Settings (the one source).
+
+With --write, replace the table between the settings-table markers of README.md.
+"""
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
+
 from collab.config import Settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"(<!-- settings-table.*?-->\n)(.*?)(<!-- /settings-table -->)", re.S)
 
 
 def table() -> str:
@@ -14,4 +24,8 @@ def table() -> str:
 
 
 if __name__ == "__main__":
-    print(table())
+    if sys.argv[1:] == ["--write"]:
+        text = README.read_text()
+        README.write_text(BLOCK.sub(lambda m: m[1] + table() + "\n" + m[3], text))
+    else:
+        print(table())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+import pytest
 from pycrdt import Text
 
 from collab.client import Session
@@ -44,3 +45,16 @@ async def converged(sessions: Sequence[Session], key: str = "text", timeout: flo
         texts = "\n".join(f"  {s.name}#{i}: {text_of(s, key)!r}" for i, s in enumerate(sessions))
         raise AssertionError(f"sessions did not converge within {timeout}s:\n{texts}") from None
     return text_of(sessions[0], key)
+
+
+async def logged(caplog: pytest.LogCaptureFixture, *parts: str, timeout: float = 5.0) -> None:
+    """Wait until one log line contains every part (the close line comes after the close)."""
+
+    def found() -> bool:
+        return any(all(p in r.getMessage() for p in parts) for r in caplog.records)
+
+    try:
+        await eventually(found, timeout)
+    except AssertionError:
+        lines = "\n".join(r.getMessage() for r in caplog.records)
+        raise AssertionError(f"no log line with {parts}; got:\n{lines}") from None

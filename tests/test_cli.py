@@ -26,9 +26,11 @@ def test_serve_help_lists_every_setting_with_its_variable_and_default() -> None:
         check=True,
     ).stdout
     flat = " ".join(out.split())
-    for f in dataclasses.fields(Settings):
-        assert "--" + f.name.replace("_", "-") in out
-        assert f"env {Settings.env_name(f.name)}, default {f.default}" in flat
+    rows = Settings.table()
+    assert len(rows) == len(dataclasses.fields(Settings))
+    for flag, env, default, _ in rows:
+        assert flag in out
+        assert f"env {env}, default {default}" in flat
 
 
 def test_flag_beats_environment_beats_default() -> None:
@@ -44,6 +46,19 @@ def test_flag_beats_environment_beats_default() -> None:
 def test_bad_environment_value_is_a_clear_error() -> None:
     with pytest.raises(SystemExit, match="COLLAB_PORT='eighty' is not a valid int"):
         Settings.from_env({"COLLAB_PORT": "eighty"})
+    with pytest.raises(SystemExit, match="COLLAB_LOG_FORMAT='xml' is not a valid text|json"):
+        Settings.from_env({"COLLAB_LOG_FORMAT": "xml"})
+
+
+def test_repeatable_settings_come_from_flags_or_a_comma_list() -> None:
+    parser = argparse.ArgumentParser()
+    Settings.add_arguments(parser)
+    env = {"COLLAB_ALLOWED_ORIGIN": "https://a.example, https://b.example"}
+    from_env = Settings.from_args(parser.parse_args([]), env)
+    assert from_env.allowed_origin == ("https://a.example", "https://b.example")
+    args = parser.parse_args(["--allowed-origin", "https://c.example", "--allowed-origin", "*"])
+    assert Settings.from_args(args, env).allowed_origin == ("https://c.example", "*")
+    assert Settings.from_args(parser.parse_args([]), {}).auth_secret is None
 
 
 async def test_sigterm_closes_sockets_with_1001_and_exits_zero() -> None:
