@@ -38,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the PostgreSQL store needs psycopg: pip install 'collab[postgres]'") from exc
 
 from .base import DocInfo, StoreError
-from .sqlite import COMMIT_WINDOW, COMPACT_BYTES, COMPACT_UPDATES, GroupCommitStore, Pending
-from .sqlite import build_update as _build_update
+from .group import COMMIT_WINDOW, COMPACT_BYTES, COMPACT_UPDATES, GroupCommitStore, Pending
+from .group import build_update as _build_update
 
 __all__ = ["PostgresStore"]
 
