@@ -180,7 +180,7 @@ def _serve(settings: Settings) -> int:
 async def _run_server(settings: Settings) -> None:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, redacted
 
     log = logging.getLogger("collab")
     stop = asyncio.Event()
@@ -199,7 +199,7 @@ async def _run_server(settings: Settings) -> None:
             settings.port,
             settings.host,
             settings.port,
-            settings.store,
+            redacted(settings.store),
         )
         await stop.wait()
         log.info("shutting down: closing connections with 1001 and flushing the store")

@@ -23,7 +23,7 @@ class CloseCode(IntEnum):
     INVALID_DATA = 1007
     #: A message above the configured maximum size.
     MESSAGE_TOO_BIG = 1009
-    #: A server fault (for example a document that cannot be loaded).
+    #: The document's stored data is corrupt: it cannot be opened.
     INTERNAL_ERROR = 1011
     #: The connection could not keep up with its document and was dropped.
     TRY_AGAIN_LATER = 1013
@@ -55,6 +55,7 @@ _FATAL = frozenset(
         CloseCode.UNSUPPORTED_DATA,
         CloseCode.INVALID_DATA,
         CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.INTERNAL_ERROR,
         CloseCode.UNAUTHORIZED,
         CloseCode.FORBIDDEN,
         CloseCode.NOT_FOUND,

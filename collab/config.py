@@ -21,7 +21,6 @@ def _setting(
     metavar: str | None = None,
     parse: Callable[[str], Any] | None = None,
     repeat: bool = False,
-    secret: bool = False,
 ) -> Any:
     """A setting: ``parse`` turns the flag / variable text into the value.
 
@@ -36,7 +35,6 @@ def _setting(
             "metavar": metavar,
             "parse": parse,
             "repeat": repeat,
-            "secret": secret,
         },
     )
 
@@ -111,7 +109,6 @@ class Settings:
         "HS256 secret that signs access tokens; without it the server is open to everyone",
         metavar="SECRET",
         parse=_optional_str,
-        secret=True,
     )
     allowed_origin: tuple[str, ...] = _setting(
         (),
@@ -213,15 +210,6 @@ class Settings:
             (_flag(f.name), cls.env_name(f.name), _shown(f), f.metadata["help"])
             for f in dataclasses.fields(cls)
         ]
-
-    def redacted(self) -> dict[str, Any]:
-        """The settings for a log line, secrets hidden."""
-        return {
-            f.name: (
-                "***" if f.metadata["secret"] and getattr(self, f.name) else getattr(self, f.name)
-            )
-            for f in dataclasses.fields(self)
-        }
 
 
 def _flag(name: str) -> str:

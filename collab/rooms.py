@@ -19,6 +19,9 @@ from .store import Store
 
 log = logging.getLogger("collab.rooms")
 
+#: How long an unload waits for the store before keeping the room loaded.
+FLUSH_TIMEOUT = 30.0
+
 
 class RoomManager:
     """Owns name -> ``Room`` and the loading / unloading of rooms."""
@@ -103,14 +106,19 @@ class RoomManager:
         try:
             if room.connections or self.rooms.get(room.name) is not room:
                 return
-            await self.store.flush()
+            async with asyncio.timeout(FLUSH_TIMEOUT):
+                await self.store.flush()
             if room.connections or self.rooms.get(room.name) is not room:
                 return  # someone joined while we were flushing: keep it
             del self.rooms[room.name]
             await room.close()
             log.debug("unloaded room %r", room.name)
-        except Exception:
-            log.exception("unloading room %r failed; it stays loaded", room.name)
+        except Exception as exc:
+            # The store is failing (it retries on its own): keep the document
+            # in memory, where its changes are safe, and try again later.
+            log.warning("unloading %r postponed, store not flushed: %r", room.name, exc)
+            self._unloading.pop(room.name, None)
+            self._schedule_unload(room)
         finally:
             self._unloading.pop(room.name, None)
 
@@ -160,4 +168,10 @@ class RoomManager:
         for room in list(self.rooms.values()):
             await room.close()
         self.rooms.clear()
-        await self.store.flush()
+        # Bounded: with the database down, shutdown must still end; the
+        # store's close() reports what could not be written.
+        try:
+            async with asyncio.timeout(timeout):
+                await self.store.flush()
+        except TimeoutError:
+            log.error("store did not flush within %.0fs during shutdown", timeout)

@@ -13,7 +13,7 @@ from .closecodes import CloseCode
 from .connection import Connection, RateLimits, SendLimits
 from .keys import MANAGER, METRICS, SETTINGS
 from .protocol import ProtocolError
-from .store import StoreError
+from .store import CorruptDocument, StoreError
 
 log = logging.getLogger("collab.ws")
 
@@ -137,9 +137,14 @@ async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Reque
         return
     try:
         room = await manager.acquire(name)
-    except StoreError as exc:
+    except CorruptDocument as exc:
         log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
-        conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
+        conn.close(CloseCode.INTERNAL_ERROR, "document is corrupt")
+        await conn.wait_closed()
+        return
+    except StoreError as exc:  # the database is down: worth a retry
+        log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
+        conn.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
         await conn.wait_closed()
         return
     except Exception:
