@@ -197,14 +197,29 @@ class Room:
         ids = self.connections.get(conn)
         if ids is None:
             return
+        meta = self.awareness.meta
+        news = False
         for entry in protocol.decode_awareness(payload):
+            known = meta.get(entry.client_id)
+            # Only news makes a connection the owner of a client id.  The stock
+            # y-websocket client re-sends every awareness state it receives;
+            # such echoes carry a clock we already have and must not steal
+            # ownership, or a closed tab would linger as a ghost.  A client
+            # reconnecting on a new socket does send a newer clock, and takes over.
+            if known is not None and entry.clock <= known["clock"]:
+                continue
+            news = True
+            owner = self._awareness_owner.get(entry.client_id)
+            if owner is not None and owner is not conn and owner in self.connections:
+                self.connections[owner].discard(entry.client_id)
             if entry.removed:
                 ids.discard(entry.client_id)
-                if self._awareness_owner.get(entry.client_id) is conn:
-                    del self._awareness_owner[entry.client_id]
+                self._awareness_owner.pop(entry.client_id, None)
             else:
                 ids.add(entry.client_id)
                 self._awareness_owner[entry.client_id] = conn
+        if not news:
+            return  # an echo: everyone has it already, relaying would only amplify it
         self.awareness.apply_awareness_update(payload, conn)
         # Relay the client's own frame: it is already a complete message.
         self._broadcast_awareness(frame, payload, exclude=conn)
