@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable
@@ -18,8 +19,10 @@ from typing import Any, Protocol
 import pytest
 from pycrdt import Text
 
+from collab.auth import issue_token
 from collab.client import Session
-from tests.conftest import ClientFactory, RunningServer
+from collab.keys import MANAGER
+from tests.conftest import ClientFactory, RunningServer, ServerFactory
 from tests.helpers import eventually, text_of
 from tests.processes import ServerProcess, running
 
@@ -171,7 +174,9 @@ class JsClient:
 
 
 class JsClientFactory(Protocol):
-    def __call__(self, name: str, *, url: str | None = ...) -> Awaitable[JsClient]: ...
+    def __call__(
+        self, name: str, *, url: str | None = ..., token: str | None = ...
+    ) -> Awaitable[JsClient]: ...
 
 
 @pytest.fixture
@@ -181,7 +186,8 @@ async def make_js_client(
     """Start synced JS clients; every node process is killed after the test."""
     clients: list[JsClient] = []
 
-    async def factory(name: str, *, url: str | None = None) -> JsClient:
+    async def factory(name: str, *, url: str | None = None, token: str | None = None) -> JsClient:
+        env = {**os.environ, "COLLAB_TOKEN": token} if token else None
         proc = await asyncio.create_subprocess_exec(
             "node",
             str(CLIENT_SCRIPT),
@@ -193,6 +199,7 @@ async def make_js_client(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=4 * 1024 * 1024,
+            env=env,
         )
         client = JsClient(name, proc)
         clients.append(client)
@@ -422,3 +429,27 @@ async def test_js_edits_survive_a_sigkilled_sqlite_server(
     async with running("--store", store, port=server.port) as again:
         reader = await make_js_client("persisted", url=again.ws_url)
         assert reader.initial_text == expected
+
+
+async def test_read_only_js_client_edits_never_reach_the_document_or_others(
+    make_server: ServerFactory, make_client: ClientFactory, make_js_client: JsClientFactory
+) -> None:
+    secret = "interop-secret-that-is-long-enough-for-hs256"
+    server = await make_server(auth_secret=secret)
+    writer = await make_client(
+        "guarded", url=server.ws_url, token=issue_token(secret, "guarded", "write", 600)
+    )
+    writer.doc.get("text", type=Text).insert(0, "original")
+    reader = await make_js_client(
+        "guarded", url=server.ws_url, token=issue_token(secret, "guarded", "read", 600)
+    )
+    await reader.wait_text("original")
+    await reader.insert(0, "vandal ")  # applied locally in the tab, refused by the server
+    writer.doc.get("text", type=Text).insert(8, "!")
+    await reader.wait_text("vandal original!")  # it still receives live changes
+    other = await make_js_client(
+        "guarded", url=server.ws_url, token=issue_token(secret, "guarded", "read", 600)
+    )
+    assert other.initial_text == "original!"
+    assert text_of(writer) == "original!"
+    assert str(server.app[MANAGER].rooms["guarded"].doc.get("text", type=Text)) == "original!"

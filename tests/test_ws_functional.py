@@ -216,16 +216,27 @@ async def test_slow_reader_is_closed_with_1013_and_others_keep_syncing(
     transport = stuck._response.connection.transport  # type: ignore[union-attr]
     transport.pause_reading()
     room = server.app[MANAGER].rooms["doc"]
+    (stuck_conn,) = [c for c in room.connections if c.peer.endswith(str(stuck_port(stuck)))]
     text = writer.doc.get("text", type=Text)
+    backlog = 0
     try:
         async with asyncio.timeout(30):
             while len(room.connections) == 3:
                 text.insert(len(text), "y" * 64 * 1024)
                 await writer.drain()
                 await asyncio.sleep(0.01)  # pace the writer so the stall clock runs
+                backlog = max(backlog, stuck_conn._queued_bytes)
         await reader.wait_for(lambda: len(text_of(reader)) == len(text), timeout=20)
     finally:
         transport.resume_reading()
         await stuck.close()
     await logged(caplog, "code=1013")
     assert len(room.connections) == 2
+    # Memory stayed bounded: merging kept the backlog to about the document's size.
+    assert backlog <= len(text) + 64 * 1024
+
+
+def stuck_port(ws: aiohttp.ClientWebSocketResponse) -> int:
+    """The local port of a client socket, to find its connection on the server."""
+    sock = ws._response.connection.transport.get_extra_info("sockname")  # type: ignore[union-attr]
+    return int(sock[1])

@@ -48,7 +48,10 @@ const send = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
 const ydoc = new Y.Doc()
 const ytext = ydoc.getText('text')
+// COLLAB_TOKEN: an access token, sent as ?token= like the browser editor does.
+const params = process.env.COLLAB_TOKEN ? { token: process.env.COLLAB_TOKEN } : {}
 const provider = new WebsocketProvider(url, room, ydoc, {
+  params,
   WebSocketPolyfill: WebSocket,
   disableBc: true,
   maxBackoffTime: 500
