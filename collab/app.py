@@ -12,8 +12,9 @@ from . import __version__
 from .closecodes import CloseCode
 from .config import Settings
 from .http_api import routes as api_routes
-from .keys import MANAGER, METRICS, SETTINGS, STORE
+from .keys import BROKER, MANAGER, METRICS, SETTINGS, STORE, BrokerSlot
 from .metrics import CONTENT_TYPE, Metrics
+from .pubsub import Broker, open_broker
 from .rooms import RoomManager
 from .static import setup_frontend
 from .store import Store, open_store
@@ -57,13 +58,33 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     app[STORE] = store
     metrics = app[METRICS]
+    broker: Broker | None = None
+    if settings.redis_url:
+        broker = open_broker(
+            settings.redis_url,
+            lambda message: manager.deliver(message),
+            prefix=settings.redis_prefix,
+        )
+        if urlsplit(settings.store).scheme in ("memory", "sqlite"):
+            log.warning(
+                "--redis-url with a %s store: each process keeps its own copy; "
+                "use postgresql:// so the processes share one",
+                urlsplit(settings.store).scheme,
+            )
+    app[BROKER] = BrokerSlot(broker)
     manager = app[MANAGER] = RoomManager(
         store,
         unload_grace=settings.unload_grace,
         awareness_timeout=settings.awareness_timeout,
         max_doc_size=settings.max_doc_size,
         metrics=metrics,
+        broker=broker,
     )
+    if broker is not None:
+        await broker.start(manager.resync)
+        metrics.gauge(
+            "collab_broker_ready", "1 while Redis is reachable", lambda: float(broker.ready)
+        )
     on_commit = getattr(store, "on_commit", "absent")
     if on_commit is None:  # group-committing stores time their commits
         store.on_commit = lambda updates, seconds: metrics.commit_seconds.observe(seconds)  # type: ignore[attr-defined]
@@ -81,6 +102,8 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await app[MANAGER].close()
+        if broker is not None:
+            await broker.close()
         await store.close()
 
 
@@ -90,11 +113,18 @@ async def _going_away(app: web.Application) -> None:
     await app[MANAGER].close(CloseCode.GOING_AWAY)
 
 
+def _ready(app: web.Application) -> bool:
+    broker = app[BROKER].broker
+    return app[STORE].healthy and (broker is None or broker.ready)
+
+
 def _status(app: web.Application) -> dict[str, object]:
     manager = app[MANAGER]
+    broker = app[BROKER].broker
     return {
         "version": __version__,
         "store": {"url": redacted(app[SETTINGS].store), "healthy": app[STORE].healthy},
+        "redis": None if broker is None else {"node": broker.node, "ready": broker.ready},
         "documents": len(manager.rooms),
         "connections": sum(len(r.connections) for r in manager.rooms.values()),
     }
@@ -106,9 +136,9 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    """Ready to take traffic: 503 while the store cannot commit."""
+    """Ready to take traffic: 503 while the store cannot commit or Redis is unreachable."""
     status = _status(request.app)
-    ready = request.app[STORE].healthy
+    ready = _ready(request.app)
     return web.json_response(
         {"status": "ready" if ready else "unavailable", **status}, status=200 if ready else 503
     )

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -46,7 +46,7 @@ class Session:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         name: str,
         *,
         doc: Doc[Any] | None = None,
@@ -59,7 +59,12 @@ class Session:
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         query = "?" + urlencode({"token": token}) if token else ""
-        self.url = f"{url.rstrip('/')}/{quote(name, safe='')}{query}"
+        bases = [url] if isinstance(url, str) else list(url)
+        if not bases:
+            raise ValueError("no server URL given")
+        #: One document URL per server; after a drop the next one is tried.
+        self.urls = [f"{base.rstrip('/')}/{quote(name, safe='')}{query}" for base in bases]
+        self.url = self.urls[0]
         self.name = name
         self.doc: Doc[Any] = doc if doc is not None else Doc()
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
@@ -153,6 +158,9 @@ class Session:
 
     # -- connection loop ---------------------------------------------------------
 
+    def _next_server(self) -> None:
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+
     async def _run(self) -> None:
         backoff = self._min_backoff
         try:
@@ -183,7 +191,11 @@ class Session:
 
     async def _connect_once(self) -> None:
         assert self._http is not None
-        ws = await self._http.ws_connect(self.url, heartbeat=self._heartbeat, max_msg_size=0)
+        try:
+            ws = await self._http.ws_connect(self.url, heartbeat=self._heartbeat, max_msg_size=0)
+        except (aiohttp.ClientConnectionError, OSError):
+            self._next_server()
+            raise
         self._ws = ws
         self.connects += 1
         self._outbox = asyncio.Queue()
@@ -211,6 +223,8 @@ class Session:
             self._ws = None
             self.close_code = ws.close_code
         code = ws.close_code
+        if code != CloseCode.NORMAL:
+            self._next_server()  # 1001 and drops: try another process first
         if not self._stopping and CloseCode.is_fatal(code):
             raise ConnectionClosed(code, reason)
 
@@ -281,7 +295,7 @@ class Session:
 
 @asynccontextmanager
 async def connect(
-    url: str,
+    url: str | Sequence[str],
     name: str,
     *,
     wait: bool = True,
@@ -289,6 +303,9 @@ async def connect(
     **options: Any,
 ) -> AsyncIterator[Session]:
     """Open a session on document ``name`` at ``url`` (``ws://HOST:PORT/ws``).
+
+    ``url`` may be a list of servers of one deployment: after a drop the
+    session reconnects to the next one.
 
     With ``wait`` (the default) the block starts once the document is synced.
     ``options`` go to ``Session`` (``doc``, ``token``, ``reconnect``, backoff...).

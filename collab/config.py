@@ -104,6 +104,16 @@ class Settings:
     awareness_timeout: float = _setting(
         30.0, "seconds before a silent client's presence is dropped", metavar="SECONDS"
     )
+    redis_url: str | None = _setting(
+        None,
+        "Redis that links several server processes serving the same documents "
+        "(redis://HOST:PORT/N); use a shared store (postgresql://) with it",
+        metavar="URL",
+        parse=_optional_str,
+    )
+    redis_prefix: str = _setting(
+        "collab", "prefix of the Redis keys, to share one Redis between deployments"
+    )
     auth_secret: str | None = _setting(
         None,
         "HS256 secret that signs access tokens; without it the server is open to everyone",

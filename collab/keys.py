@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 
 from .config import Settings
 from .metrics import Metrics
+from .pubsub import Broker
 from .rooms import RoomManager
 from .store import Store
 
@@ -13,3 +16,13 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 MANAGER = web.AppKey("manager", RoomManager)
 METRICS = web.AppKey("metrics", Metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSlot:
+    """The broker, or None for a single process (an AppKey needs one type)."""
+
+    broker: Broker | None
+
+
+BROKER = web.AppKey("broker", BrokerSlot)

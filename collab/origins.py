@@ -21,5 +21,15 @@ class LocalOrigin:
     """Made by the server itself (HTTP API, CLI import): broadcast and store."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerOrigin:
+    """From another server process through the broker: broadcast locally only.
+
+    The process that received it from a client stores and publishes it;
+    doing so again here would store it once per process.
+    """
+
+
 STORE = StoreOrigin()
+PEER = PeerOrigin()
 LOCAL = LocalOrigin()

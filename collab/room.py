@@ -24,13 +24,14 @@ from . import protocol
 from .closecodes import CloseCode
 from .connection import Connection
 from .metrics import Metrics
-from .origins import STORE, LocalOrigin, StoreOrigin
+from .origins import PEER, STORE, LocalOrigin, PeerOrigin, StoreOrigin
 from .protocol import ProtocolError
+from .pubsub import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
 from .store import Store
 
 log = logging.getLogger("collab.room")
 
-Origin: TypeAlias = Connection | StoreOrigin | LocalOrigin
+Origin: TypeAlias = Connection | StoreOrigin | LocalOrigin | PeerOrigin
 
 #: Flush a turn's updates early once they hold this many (bounds merge cost).
 FLUSH_MAX_UPDATES = 64
@@ -55,6 +56,7 @@ class Room:
         awareness_timeout: float = 30.0,
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
@@ -64,6 +66,7 @@ class Room:
         self.connections: dict[Connection, set[int]] = {}
         self._awareness_owner: dict[int, Connection] = {}
         self._store = store
+        self._broker = broker
         self._on_empty = on_empty
         self._max_doc_size = max_doc_size
         self._metrics = metrics
@@ -125,6 +128,8 @@ class Room:
             self.awareness.remove_awareness_states(gone, conn)
             payload = self.awareness.encode_awareness_update(gone)
             self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
+            if self._broker is not None:
+                self._broker.publish(self.name, AWARENESS, payload)
         if not self.connections and self._on_empty is not None:
             self._on_empty(self)
 
@@ -149,7 +154,7 @@ class Room:
 
     def apply_update(self, update: bytes, origin: Origin) -> None:
         """Apply an update once; the observer queues its broadcast and storage."""
-        if self._max_doc_size is not None and not isinstance(origin, StoreOrigin):
+        if self._max_doc_size is not None and not isinstance(origin, (StoreOrigin, PeerOrigin)):
             self._check_size(len(update))
         self._origin = origin
         started = time.perf_counter()
@@ -223,6 +228,46 @@ class Room:
         self.awareness.apply_awareness_update(payload, conn)
         # Relay the client's own frame: it is already a complete message.
         self._broadcast_awareness(frame, payload, exclude=conn)
+        if self._broker is not None:
+            self._broker.publish(self.name, AWARENESS, payload)
+
+    # -- other processes ------------------------------------------------------
+
+    def announce(self) -> None:
+        """Ask the other processes for what we lack (after loading, or a gap)."""
+        if self._broker is not None:
+            self._broker.publish(self.name, STATE_VECTOR, self.doc.get_state())
+
+    def resync(self) -> None:
+        """After a broker outage: offer everything we have, ask for everything we lack."""
+        if self._broker is not None:
+            self._broker.publish(self.name, UPDATE, self.doc.get_update())
+            self.announce()
+
+    def apply_peer(self, message: Message) -> None:
+        """A message from another process; bad ones are logged, never fatal."""
+        try:
+            if message.kind == UPDATE:
+                self.apply_update(message.data, PEER)
+            elif message.kind == AWARENESS:
+                self._apply_peer_awareness(message.data)
+            elif message.kind == STATE_VECTOR and self._broker is not None:
+                # Answer with what the asker lacks (deletions included).
+                self._broker.publish(self.name, UPDATE, self.doc.get_update(message.data))
+        except (ProtocolError, ValueError) as exc:
+            log.warning(
+                "ignored %s from peer %s for %r: %s", message.kind, message.node, self.name, exc
+            )
+
+    def _apply_peer_awareness(self, payload: bytes) -> None:
+        meta = self.awareness.meta
+        news = any(
+            meta.get(e.client_id) is None or e.clock > meta[e.client_id]["clock"]
+            for e in protocol.decode_awareness(payload)
+        )
+        if news:
+            self.awareness.apply_awareness_update(payload, PEER)
+            self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
 
     # -- outgoing -------------------------------------------------------------
 
@@ -249,9 +294,15 @@ class Room:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         if not pending:
             return
-        merged = pending[0][0] if len(pending) == 1 else merge_updates(*(u for u, _ in pending))
-        if self._store is not None:
-            self._store.append(self.name, merged)
+        merged = _merge([u for u, _ in pending])
+        local = [u for u, o in pending if not isinstance(o, PeerOrigin)]
+        if local:
+            # Changes that came from a peer process were stored and published there.
+            own = merged if len(local) == len(pending) else _merge(local)
+            if self._store is not None:
+                self._store.append(self.name, own)
+            if self._broker is not None:
+                self._broker.publish(self.name, UPDATE, own)
         frame = protocol.sync_update(merged)
         senders = {o for _, o in pending if isinstance(o, Connection)}
         for conn in self.connections:
@@ -262,8 +313,8 @@ class Room:
                 continue
             others = [u for u, o in pending if o is not sender]
             if others:
-                own = others[0] if len(others) == 1 else merge_updates(*others)
-                sender.send_update(protocol.sync_update(own), own)
+                theirs = _merge(others)
+                sender.send_update(protocol.sync_update(theirs), theirs)
 
     def _broadcast_awareness(
         self, frame: bytes, payload: bytes, *, exclude: Connection | None
@@ -284,3 +335,7 @@ class Room:
                 self.connections[owner].discard(client_id)
         payload = self.awareness.encode_awareness_update(removed)
         self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
+
+
+def _merge(updates: list[bytes]) -> bytes:
+    return updates[0] if len(updates) == 1 else merge_updates(*updates)

@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
+
+from pycrdt import Doc
 
 from .closecodes import CloseCode
 from .metrics import Metrics
+from .pubsub import Broker, Message
 from .room import Room
 from .store import Store
 
@@ -34,9 +38,13 @@ class RoomManager:
         awareness_timeout: float = 30.0,
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
+        self.broker = broker
+        #: Messages from peers that arrived while their document was loading.
+        self._early: dict[str, list[Message]] = {}
         self._max_doc_size = max_doc_size
         #: Open connections over all rooms (the ws route keeps it).
         self.connection_count = 0
@@ -70,6 +78,11 @@ class RoomManager:
 
     async def _load(self, name: str) -> Room:
         try:
+            if self.broker is not None:
+                # Subscribe before loading, so nothing published between the
+                # store's read and our first stream read slips through.
+                self._early[name] = []
+                await self.broker.subscribe(name)
             update = await self.store.load(name)
             room = Room(
                 name,
@@ -78,6 +91,7 @@ class RoomManager:
                 awareness_timeout=self._awareness_timeout,
                 max_doc_size=self._max_doc_size,
                 metrics=self.metrics,
+                broker=self.broker,
             )
             try:
                 room.load(update)
@@ -85,10 +99,49 @@ class RoomManager:
                 await room.close()
                 raise
             self.rooms[name] = room
+            for message in self._early.pop(name, []):
+                room.apply_peer(message)
+            # Peers holding the document answer with what the store lacked
+            # (updates still inside their commit window).
+            room.announce()
             log.debug("loaded room %r", name)
             return room
+        except BaseException:
+            if self.broker is not None and name not in self.rooms:
+                self.broker.unsubscribe(name)
+            raise
         finally:
             del self._loading[name]
+            self._early.pop(name, None)
+
+    def deliver(self, message: Message) -> None:
+        """Route a peer's message to its room (or hold it while the room loads)."""
+        room = self.rooms.get(message.doc)
+        if room is not None:
+            room.apply_peer(message)
+        elif message.doc in self._early:
+            self._early[message.doc].append(message)
+
+    def resync(self, name: str) -> None:
+        """After a broker outage: exchange everything with the peers again."""
+        room = self.rooms.get(name)
+        if room is not None:
+            room.resync()
+
+    async def reconcile(self, room: Room) -> None:
+        """Store what this process holds but the store lacks.
+
+        With several processes, an update is stored by the process that got it
+        from a client; if that process died inside its commit window, the
+        others still hold the update in memory.  Before a room is dropped we
+        compare with the store and append the difference.
+        """
+        state = room.doc.get_update()
+        stored = await self.store.load(room.name)
+        missing = await asyncio.to_thread(_missing_from, stored, state)
+        if missing is not None:
+            self.store.append(room.name, missing)
+            log.info("stored %d bytes of %r that the store lacked", len(missing), room.name)
 
     def _schedule_unload(self, room: Room) -> None:
         if self.rooms.get(room.name) is not room or room.name in self._unload_timers:
@@ -107,10 +160,14 @@ class RoomManager:
             if room.connections or self.rooms.get(room.name) is not room:
                 return
             async with asyncio.timeout(FLUSH_TIMEOUT):
+                if self.broker is not None:
+                    await self.reconcile(room)
                 await self.store.flush()
             if room.connections or self.rooms.get(room.name) is not room:
                 return  # someone joined while we were flushing: keep it
             del self.rooms[room.name]
+            if self.broker is not None:
+                self.broker.unsubscribe(room.name)
             await room.close()
             log.debug("unloaded room %r", room.name)
         except Exception as exc:
@@ -167,6 +224,10 @@ class RoomManager:
                 await task
         for room in list(self.rooms.values()):
             await room.close()
+            if self.broker is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(timeout):
+                        await self.reconcile(room)
         self.rooms.clear()
         # Bounded: with the database down, shutdown must still end; the
         # store's close() reports what could not be written.
@@ -175,3 +236,14 @@ class RoomManager:
                 await self.store.flush()
         except TimeoutError:
             log.error("store did not flush within %.0fs during shutdown", timeout)
+
+
+def _missing_from(stored: bytes | None, state: bytes) -> bytes | None:
+    """``state`` if it holds anything (insert or delete) that ``stored`` lacks."""
+    if stored is None:
+        return state
+    doc: Doc[Any] = Doc()
+    doc.apply_update(stored)
+    before = doc.get_update()
+    doc.apply_update(state)
+    return None if doc.get_update() == before else state

@@ -7,10 +7,15 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from aiohttp import web
@@ -172,3 +177,111 @@ async def event_loop_is_never_blocked() -> AsyncIterator[None]:
         loop.set_debug(False)
     if handler.messages:
         pytest.fail("the event loop was blocked:\n" + "\n".join(handler.messages))
+
+
+# -- PostgreSQL: one database per test run ---------------------------------------------
+
+POSTGRES_URL = os.environ.get("COLLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+TABLES = "collab_snapshots, collab_updates, collab_schema"
+
+
+def _postgres_unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"PostgreSQL is required in CI ({POSTGRES_URL}): {reason}")
+    pytest.skip(f"PostgreSQL not available at {POSTGRES_URL}: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database for this run (its URL), dropped at the end."""
+    try:
+        import psycopg
+    except ImportError:
+        _postgres_unavailable("psycopg is not installed (pip install -e '.[dev]')")
+        raise
+    try:
+        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        _postgres_unavailable(str(exc).strip().splitlines()[0])
+        raise
+    name = f"collab_test_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            parts = urlsplit(POSTGRES_URL)
+            yield urlunsplit(parts._replace(path="/" + name))
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """The run's database; each test starts without collab tables."""
+    import psycopg
+
+    yield postgres_database
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {TABLES}")
+
+
+# -- Redis: a private server per test ----------------------------------------------------
+
+
+class RedisServer:
+    """A redis-server of our own on a free port, so a test may stop and restart it."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if IN_CI:
+                pytest.fail("redis-server is required in CI (scripts/services installs it)")
+            pytest.skip("redis-server not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+# The real JavaScript client, for every test module.
+from tests.jsclient import make_js_client  # noqa: E402, F401

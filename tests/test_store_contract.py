@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import secrets
 import signal
@@ -19,7 +18,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,6 @@ from collab.store import CorruptDocument, MemoryStore, Store, StoreError, open_s
 from collab.store.group import GroupCommitStore
 from collab.store.sqlite import SQLiteStore
 from tests.helpers import eventually
-
-IN_CI = os.environ.get("CI") == "true"
-POSTGRES_URL = os.environ.get("COLLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-TABLES = "collab_snapshots, collab_updates, collab_schema"
-
 
 # -- editing helpers ------------------------------------------------------------------
 
@@ -73,48 +67,6 @@ def typed(store: Store, name: str, pieces: list[str]) -> Editor:
     for piece in pieces:
         store.append(name, editor.type(piece))
     return editor
-
-
-# -- PostgreSQL: one database per test run --------------------------------------------
-
-
-def _postgres_unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"PostgreSQL is required in CI ({POSTGRES_URL}): {reason}")
-    pytest.skip(f"PostgreSQL not available at {POSTGRES_URL}: {reason}")
-
-
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh database for this run (its URL), dropped at the end."""
-    try:
-        import psycopg
-    except ImportError:
-        _postgres_unavailable("psycopg is not installed (pip install -e '.[dev]')")
-        raise
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _postgres_unavailable(str(exc).strip().splitlines()[0])
-        raise
-    name = f"collab_test_{secrets.token_hex(4)}"
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            parts = urlsplit(POSTGRES_URL)
-            yield urlunsplit(parts._replace(path="/" + name))
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def postgres_url(postgres_database: str) -> Iterator[str]:
-    """The run's database; each test starts without collab tables."""
-    import psycopg
-
-    yield postgres_database
-    with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {TABLES}")
 
 
 # -- the backends under test ------------------------------------------------------------
