@@ -27,7 +27,7 @@ def _setting(
     ``repeat`` settings are tuples: the flag may be given several times and
     the variable holds a comma-separated list.
     """
-    parse = parse or type(default)
+    parse = parse or (_whole if type(default) is int else type(default))
     return field(
         default=default,
         metadata={
@@ -47,6 +47,17 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
     parse.__name__ = "|".join(choices)
     return parse
+
+
+def _whole(raw: str) -> int:
+    """An integer, also written like 1e9 or 64_000_000."""
+    value = float(raw)
+    if not value.is_integer():
+        raise ValueError("expected a whole number")
+    return int(value)
+
+
+_whole.__name__ = "int"
 
 
 def _optional_str(raw: str) -> str | None:
