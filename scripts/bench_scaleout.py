@@ -82,7 +82,7 @@ async def start_servers(
         ]
         if redis_url:
             args += ["--redis-url", redis_url]
-        servers.append((subprocess.Popen(args, cwd=ROOT), port))
+        servers.append((subprocess.Popen(args, cwd=ROOT), port))  # noqa: ASYNC220 (a bench, not the server)
     for _, port in servers:
         await wait_port(port)
     return servers
