@@ -70,7 +70,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--secret", help="signing secret [env COLLAB_AUTH_SECRET, the server's --auth-secret]"
     )
 
+    from .testing import chaos as chaos_runner
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="many clients editing through a faulty network: check convergence and lost edits",
+        description="Run seeded random edits from many clients through a fault-injecting "
+        "proxy (latency, bandwidth, partitions, drops, held frames, restarts) against any "
+        "Yjs server, heal, and check that every client converged and no acknowledged edit "
+        "was lost. Exit 0 pass, 1 divergence or loss, 2 the run could not be made.",
+    )
+    chaos_runner.add_arguments(chaos)
+
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmark collab against its peers, in a source checkout (collab bench --help)",
+    )
+    # The bench has its own parser (bench/run.py): hand it every argument.
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["bench"]:
+        return _bench(raw[1:])
+
     args = parser.parse_args(argv)
+    if args.command == "chaos":
+        return chaos_runner.main(args)
     if args.command == "serve":
         return _serve(Settings.from_args(args))
     if args.command == "token":
@@ -125,6 +149,21 @@ async def _documents(args: argparse.Namespace) -> int:
     finally:
         await target.close()
     return 0
+
+
+def _bench(argv: list[str]) -> int:
+    """Run ``scripts/bench.py`` of the checkout collab is installed from."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    if not script.exists():
+        print(
+            f"collab bench: needs a source checkout (git clone, then scripts/install): "
+            f"{script} is missing",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(script), *argv])
 
 
 def parse_duration(text: str) -> float:

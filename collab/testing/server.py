@@ -1,0 +1,199 @@
+"""Real collab servers for tests: in this process, or as a `collab serve` child process.
+
+``InProcessServer`` runs the aiohttp application on the test's own event
+loop (fast to start, easy to monkeypatch); ``ServerProcess`` runs
+``python -m collab serve`` so it can be killed with SIGKILL like a crashed
+production server.  Both listen on a free port of 127.0.0.1, keep that port
+across ``restart()``, and expose ``ws_url`` (``ws://127.0.0.1:PORT/ws``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["InProcessServer", "ServerProcess", "free_port", "store_url"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def store_url(store: str, directory: Path | None = None) -> str:
+    """``memory`` -> ``memory://``, ``sqlite`` -> a database in ``directory``; URLs pass."""
+    if store == "memory":
+        return "memory://"
+    if store == "sqlite":
+        if directory is None:
+            raise ValueError("the sqlite store needs a directory (tmp_path)")
+        return f"sqlite:///{directory.resolve() / 'collab.db'}"
+    if "://" not in store:
+        raise ValueError(f"store is memory, sqlite or a store URL, not {store!r}")
+    return store
+
+
+class InProcessServer:
+    """A collab server on this event loop; ``restart`` closes every socket with 1001."""
+
+    def __init__(self, **settings: Any) -> None:
+        from collab.config import Settings
+
+        defaults: dict[str, Any] = {"store": "memory://", "unload_grace": 0.2}
+        defaults.update(settings)
+        defaults.setdefault("port", free_port())
+        self.settings = Settings(**defaults)
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._restarting = asyncio.Lock()
+        self.restarts = 0
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> InProcessServer:
+        from collab.app import create_app
+
+        self.app = create_app(self.settings)
+        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        return self
+
+    async def stop(self) -> None:
+        """Close every socket with 1001, flush the store and stop listening."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def restart(self) -> None:
+        """Stop and start again on the same port (documents survive with a durable store)."""
+        async with self._restarting:  # a second restart waits for the first
+            await self.stop()
+            await self.start()
+            self.restarts += 1
+
+    async def __aenter__(self) -> InProcessServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class ServerProcess:
+    """``python -m collab serve`` as a child process; ``restart(hard=True)`` is a SIGKILL."""
+
+    def __init__(self, *args: str, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.args = list(args)
+        self.log_path = log_path
+        self.restarts = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+        self._restarting = asyncio.Lock()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, timeout: float = 20.0) -> ServerProcess:
+        if self.log_path is not None and self._log is None:
+            self._log = await asyncio.to_thread(self.log_path.open, "ab")
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "collab",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log or asyncio.subprocess.DEVNULL,
+            stderr=self._log or asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self._proc.returncode is not None:
+                raise RuntimeError(
+                    f"collab serve exited with {self._proc.returncode} at start"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                if loop.time() > deadline:
+                    await self.stop(signal.SIGKILL)
+                    raise TimeoutError(f"collab serve did not listen within {timeout}s") from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return self
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` and wait for the process to exit; returns its exit code."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            proc.send_signal(sig)
+        try:
+            async with asyncio.timeout(timeout):
+                return await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            return await proc.wait()
+
+    async def restart(self, *, hard: bool = True) -> None:
+        """Kill (SIGKILL when ``hard``, else SIGTERM) and start again on the same port."""
+        async with self._restarting:
+            await self.stop(signal.SIGKILL if hard else signal.SIGTERM)
+            await self.start()
+            self.restarts += 1
+
+    async def close(self) -> None:
+        await self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    async def __aenter__(self) -> ServerProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
