@@ -283,5 +283,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_server_process_outlives_the_session() -> Iterator[None]:
+    yield
+    from tests.processes import kill_leftovers
+
+    kill_leftovers()
+
+
 # The real JavaScript client, for every test module.
 from tests.jsclient import make_js_client  # noqa: E402, F401

@@ -7,12 +7,19 @@ import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 from tests.conftest import free_port
 
 
 class ServerProcess:
-    """One `collab serve` process; ``start`` waits until it listens."""
+    """One `collab serve` process; ``start`` waits until it listens.
+
+    Every started process is remembered until it exits, so that the session
+    can kill what a failed or timed-out test left behind.
+    """
+
+    alive: ClassVar[set[ServerProcess]] = set()
 
     def __init__(self, *args: str, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -40,6 +47,7 @@ class ServerProcess:
             *self.args,
             stderr=asyncio.subprocess.PIPE,
         )
+        ServerProcess.alive.add(self)
         listening = asyncio.Event()
         self._reader = asyncio.create_task(self._read_log(listening))
         async with asyncio.timeout(timeout):
@@ -60,12 +68,17 @@ class ServerProcess:
                 listening.set()
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Send ``sig`` and wait for the exit code."""
+        """Send ``sig`` and wait for the exit code (SIGKILL if it takes too long)."""
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        async with asyncio.timeout(timeout):
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
             code = await self.proc.wait()
+        ServerProcess.alive.discard(self)
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reader, 2)
@@ -85,3 +98,12 @@ async def running(*args: str, port: int | None = None) -> AsyncIterator[ServerPr
     finally:
         if server.proc is not None and server.proc.returncode is None:
             await server.kill()
+
+
+def kill_leftovers() -> None:
+    """SIGKILL every server process a test started and did not stop."""
+    for server in list(ServerProcess.alive):
+        if server.proc is not None and server.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                server.proc.kill()
+    ServerProcess.alive.clear()

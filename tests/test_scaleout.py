@@ -38,9 +38,8 @@ class Cluster:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
-        for server in self.servers:
-            if server.proc is not None and server.proc.returncode is None:
-                await server.stop()
+        running = [s for s in self.servers if s.proc is not None and s.proc.returncode is None]
+        await asyncio.gather(*(s.stop(timeout=10) for s in running))
 
     def urls(self, first: int) -> list[str]:
         """Every server's URL, starting with ``first``'s (where a client connects)."""
