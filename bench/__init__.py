@@ -1,0 +1,1 @@
+"""collab's benchmark suite: collab against its peers, in one run (``collab bench``)."""
