@@ -17,6 +17,9 @@ from .store import CorruptDocument, StoreError
 
 log = logging.getLogger("collab.ws")
 
+#: Frames handled from one socket before the handler lets other tasks run.
+YIELD_EVERY = 64
+
 #: Goodbyes that are nobody's fault: no warning for these.
 _ORDINARY_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006, None})
 
@@ -170,10 +173,17 @@ async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Reque
         "write" if conn.can_write else "read",
         extra={"doc": name, "peer": conn.peer, "conn": conn.id, "event": "open"},
     )
+    handled = 0
     try:
         async for msg in ws:
             if conn.closed:
                 break
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # Frames already buffered never suspend `async for`: without
+                # this, a burst runs to its end before any writer task sends,
+                # and every reader merges its growing backlog over and over.
+                await asyncio.sleep(0)
             if msg.type is WSMsgType.BINARY:
                 if not conn.received(len(msg.data)):
                     metrics.refused("rate_limited")
