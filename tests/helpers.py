@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -58,3 +60,36 @@ async def logged(caplog: pytest.LogCaptureFixture, *parts: str, timeout: float =
     except AssertionError:
         lines = "\n".join(r.getMessage() for r in caplog.records)
         raise AssertionError(f"no log line with {parts}; got:\n{lines}") from None
+
+
+async def random_marker_edits(
+    session: Session,
+    tag: str,
+    ops: int,
+    rng: random.Random,
+    marker: re.Pattern[str],
+    pauses: Sequence[float] = (0, 0.001, 0.003),
+) -> tuple[set[str], set[str]]:
+    """Insert unique markers ``[tag.k]`` between markers, or delete a whole one.
+
+    Inserting only at marker boundaries never splits a marker, so the final
+    text must consist of exactly the surviving markers.  Returns the markers
+    inserted and deleted.
+    """
+    text = session.doc.get("text", type=Text)
+    inserted: set[str] = set()
+    deleted: set[str] = set()
+    for k in range(ops):
+        current = str(text)
+        markers = list(marker.finditer(current))
+        if markers and rng.random() < 0.3:
+            m = rng.choice(markers)
+            del text[m.start() : m.end()]
+            deleted.add(m.group())
+        else:
+            new = f"[{tag}.{k}]"
+            text.insert(rng.choice([0, *(m.end() for m in markers)]), new)
+            inserted.add(new)
+        # Pacing, not waiting: let remote edits cross ours in flight.
+        await asyncio.sleep(rng.choice(pauses))
+    return inserted, deleted

@@ -9,42 +9,13 @@ import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Text
 
-from collab.client import Session
 from tests.conftest import ClientFactory
-from tests.helpers import converged
+from tests.helpers import converged, random_marker_edits
 
 MARKER = re.compile(r"\[\d+\.\d+\]")
 CLIENTS = 10
 _docs = itertools.count()
-
-
-def boundaries(text: str) -> list[int]:
-    """Positions between markers: inserting there never splits one."""
-    return [0, *(m.end() for m in MARKER.finditer(text))]
-
-
-async def edit(
-    session: Session, who: int, ops: int, rng: random.Random
-) -> tuple[set[str], set[str]]:
-    text = session.doc.get("text", type=Text)
-    inserted: set[str] = set()
-    deleted: set[str] = set()
-    for k in range(ops):
-        current = str(text)
-        markers = list(MARKER.finditer(current))
-        if markers and rng.random() < 0.3:
-            m = rng.choice(markers)
-            del text[m.start() : m.end()]
-            deleted.add(m.group())
-        else:
-            marker = f"[{who}.{k}]"
-            text.insert(rng.choice(boundaries(current)), marker)
-            inserted.add(marker)
-        # Yield to the network now and then, so edits cross in flight.
-        await asyncio.sleep(rng.choice((0, 0, 0.001, 0.005)))
-    return inserted, deleted
 
 
 @settings(
@@ -60,7 +31,12 @@ async def test_ten_clients_with_concurrent_random_edits_converge(
     name = f"convergence-{next(_docs)}"
     sessions = [await make_client(name) for _ in range(CLIENTS)]
     results = await asyncio.gather(
-        *(edit(s, i, ops, random.Random(seed * 100 + i)) for i, s in enumerate(sessions))
+        *(
+            random_marker_edits(
+                s, str(i), ops, random.Random(seed * 100 + i), MARKER, pauses=(0, 0, 0.001, 0.005)
+            )
+            for i, s in enumerate(sessions)
+        )
     )
     final = await converged(sessions, timeout=30)
     inserted = set().union(*(r[0] for r in results))

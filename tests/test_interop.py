@@ -15,10 +15,9 @@ import pytest
 from pycrdt import Text
 
 from collab.auth import issue_token
-from collab.client import Session
 from collab.keys import MANAGER
 from tests.conftest import ClientFactory, RunningServer, ServerFactory
-from tests.helpers import eventually, text_of
+from tests.helpers import eventually, random_marker_edits, text_of
 from tests.jsclient import JsClient, JsClientFactory, utf16_len
 from tests.processes import ServerProcess, running
 
@@ -79,28 +78,6 @@ async def test_js_late_joiner_receives_full_state(
     await reader.wait_for(lambda: text_of(reader) == "js was here\n" + expected)
 
 
-async def _python_edits(
-    session: Session, who: int, ops: int, rng: random.Random
-) -> tuple[set[str], set[str]]:
-    text = session.doc.get("text", type=Text)
-    inserted: set[str] = set()
-    deleted: set[str] = set()
-    for k in range(ops):
-        current = str(text)
-        markers = list(MARKER.finditer(current))
-        if markers and rng.random() < 0.3:
-            m = rng.choice(markers)
-            del text[m.start() : m.end()]
-            deleted.add(m.group())
-        else:
-            marker = f"[p{who}.{k}]"
-            text.insert(rng.choice([0, *(m.end() for m in markers)]), marker)
-            inserted.add(marker)
-        # Pacing, not waiting: let remote edits arrive between ours.
-        await asyncio.sleep(rng.choice((0, 0.001, 0.003)))
-    return inserted, deleted
-
-
 async def _js_edits(
     js: JsClient, who: int, ops: int, rng: random.Random
 ) -> tuple[set[str], set[str]]:
@@ -138,7 +115,10 @@ async def test_python_and_js_clients_converge_under_concurrent_edits(
     jss = [await make_js_client(name) for _ in range(3)]
 
     results = await asyncio.gather(
-        *(_python_edits(s, i, ops, random.Random(seed * 100 + i)) for i, s in enumerate(pys)),
+        *(
+            random_marker_edits(s, f"p{i}", ops, random.Random(seed * 100 + i), MARKER)
+            for i, s in enumerate(pys)
+        ),
         *(_js_edits(j, i, ops, random.Random(seed * 100 + 50 + i)) for i, j in enumerate(jss)),
     )
 
