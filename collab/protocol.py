@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeAlias
 
@@ -73,6 +73,8 @@ class SyncUpdate:
 @dataclass(frozen=True, slots=True)
 class AwarenessUpdate:
     payload: bytes
+    #: The parsed records (decoding validates them anyway; the room reuses them).
+    entries: tuple[AwarenessEntry, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +181,8 @@ def decode(frame: bytes) -> Message:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown sync message type {sync_kind}")
     elif kind == MessageType.AWARENESS:
         payload = reader.var_bytes("awareness update")
-        decode_awareness(payload)  # validate before anyone applies it
-        message = AwarenessUpdate(payload)
+        # Parsing validates before anyone applies it.
+        message = AwarenessUpdate(payload, tuple(decode_awareness(payload)))
     elif kind == MessageType.QUERY_AWARENESS:
         message = QueryAwareness()
     elif kind == MessageType.AUTH:

@@ -146,7 +146,7 @@ class Room:
             elif message.update != protocol.EMPTY_UPDATE:
                 self.apply_update(message.update, conn)
         elif isinstance(message, protocol.AwarenessUpdate):
-            self._apply_awareness(conn, frame, message.payload)
+            self._apply_awareness(conn, frame, message)
         elif isinstance(message, protocol.QueryAwareness):
             payload = self.awareness.encode_awareness_update(list(self.awareness.states))
             conn.send_awareness(protocol.awareness(payload), payload)
@@ -198,13 +198,16 @@ class Room:
         except Exception as exc:
             raise ProtocolError(CloseCode.INVALID_DATA, f"bad state vector: {exc}") from None
 
-    def _apply_awareness(self, conn: Connection, frame: bytes, payload: bytes) -> None:
+    def _apply_awareness(
+        self, conn: Connection, frame: bytes, message: protocol.AwarenessUpdate
+    ) -> None:
+        payload = message.payload
         ids = self.connections.get(conn)
         if ids is None:
             return
         meta = self.awareness.meta
         news = False
-        for entry in protocol.decode_awareness(payload):
+        for entry in message.entries:
             known = meta.get(entry.client_id)
             # Only news makes a connection the owner of a client id.  The stock
             # y-websocket client re-sends every awareness state it receives;
