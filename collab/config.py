@@ -60,6 +60,19 @@ def _whole(raw: str) -> int:
 _whole.__name__ = "int"
 
 
+def _boolean(raw: str) -> bool:
+    """on/off, true/false, yes/no or 1/0."""
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ValueError("expected on or off")
+
+
+_boolean.__name__ = "on|off"
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -98,6 +111,13 @@ class Settings:
         30.0,
         "seconds between WebSocket pings; a peer that misses one is dropped",
         metavar="SECONDS",
+    )
+    ws_compression: bool = _setting(
+        False,
+        "accept permessage-deflate when a client offers it (every browser does): "
+        "smaller frames, but about 100 KiB of zlib state per connection",
+        metavar="on|off",
+        parse=_boolean,
     )
     queue_limit: int = _setting(
         64, "queued frames per connection before its backlog is merged", metavar="FRAMES"

@@ -1,8 +1,12 @@
 """One client socket on one document, with its bounded send queue.
 
-The room never awaits a socket: it hands frames to ``Connection.send_*``,
-which only appends to a queue that a single writer task drains, so frames
-of one socket keep their order and a slow reader never slows the room.
+The room never awaits a socket: it hands frames to ``Connection.send_*``.
+A frame goes straight to the socket when nothing is in flight (the common
+case: the transport takes it without suspending), so an idle or keeping-up
+connection owns no task, no queue and no future.  Only when the socket
+pushes back does a writer task finish that frame and drain a queue behind
+it, so frames of one socket keep their order and a slow reader never slows
+the room.
 
 A reader that falls behind loses nothing: once its queue holds
 ``queue_limit`` frames, the pending document updates are merged into one
@@ -20,9 +24,11 @@ import contextlib
 import enum
 import itertools
 import logging
+import types
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Awaitable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from pycrdt import merge_updates
 
@@ -103,11 +109,59 @@ class Counters:
     frames_out: int = 0
     bytes_out: int = 0
     collapses: int = 0
-    opened_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, None, None]:
+    """Continue, inside a task, a coroutine that was started outside one.
+
+    ``waiting`` is what its first step yielded (the future it waits on); the
+    task waits on that, then steps the coroutine on, as ``await`` would have.
+    """
+    while True:
+        try:
+            yield waiting
+        except BaseException as exc:  # the task was cancelled: pass it in
+            try:
+                waiting = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return
 
 
 class Connection:
-    """Owns one channel, its send queue and its writer task; closes exactly once."""
+    """Owns one channel and, while the socket pushes back, a queue and a writer task.
+
+    Ten thousand idle connections are ten thousand of these, so every field
+    is a slot and everything transient is created only while it is needed.
+    """
+
+    __slots__ = (
+        "_channel",
+        "_closed",
+        "_finished",
+        "_limits",
+        "_loop",
+        "_queue",
+        "_queued_bytes",
+        "_rate_bytes",
+        "_rate_messages",
+        "_sending_since",
+        "_traffic",
+        "_writer",
+        "can_write",
+        "close_code",
+        "close_reason",
+        "counters",
+        "doc",
+        "id",
+        "opened_at",
+        "peer",
+    )
 
     def __init__(
         self,
@@ -128,14 +182,16 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self._channel = channel
-        self._limits = limits or SendLimits()
-        self._queue: deque[_Item] = deque()
+        self._limits = limits or _DEFAULT_LIMITS
+        #: Frames waiting behind one whose send suspended; None when there are none.
+        self._queue: deque[_Item] | None = None
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
+        #: The task finishing a suspended send and draining the queue, if any.
+        self._writer: asyncio.Task[None] | None = None
         self._sending_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._traffic = traffic or Traffic()
-        now = self._loop.time()
+        now = self.opened_at = self._loop.time()
         self._rate_messages: TokenBucket | None = None
         self._rate_bytes: TokenBucket | None = None
         if rate is not None:
@@ -145,8 +201,9 @@ class Connection:
             self._rate_bytes = TokenBucket(
                 rate.bytes, max(rate.bytes * rate.burst_seconds, rate.max_message_size), now
             )
-        self._writer = self._loop.create_task(self._write_loop(), name=f"collab-writer-{self.id}")
-        self._closed = self._loop.create_future()
+        #: Set once the socket is closed; created only for someone who waits.
+        self._closed: asyncio.Future[int] | None = None
+        self._finished = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.peer} doc={self.doc!r}>"
@@ -155,9 +212,24 @@ class Connection:
     def closed(self) -> bool:
         return self.close_code is not None
 
+    @property
+    def backlog(self) -> int:
+        """Bytes queued behind the frame in flight."""
+        return self._queued_bytes
+
+    @property
+    def sending(self) -> bool:
+        """Whether a frame is in flight or queued."""
+        return self._writer is not None
+
     async def wait_closed(self) -> int:
         """Wait until the connection is closed; return the close code."""
-        return await asyncio.shield(self._closed)
+        if not self._finished:
+            if self._closed is None:
+                self._closed = self._loop.create_future()
+            await asyncio.shield(self._closed)
+        assert self.close_code is not None
+        return self.close_code
 
     # -- receiving ------------------------------------------------------------
 
@@ -175,28 +247,79 @@ class Connection:
     # -- sending --------------------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Queue a frame that must arrive as it is (sync steps, replies)."""
+        """Send a frame that must arrive as it is (sync steps, replies)."""
         self._enqueue(_Item(_Kind.OTHER, frame))
 
     def send_update(self, frame: bytes, update: bytes) -> None:
-        """Queue a document update frame; ``update`` lets a backlog be merged."""
+        """Send a document update frame; ``update`` lets a backlog be merged."""
         self._enqueue(_Item(_Kind.UPDATE, frame, update))
 
     def send_awareness(self, frame: bytes, payload: bytes) -> None:
-        """Queue an awareness frame; ``payload`` lets a backlog be merged."""
+        """Send an awareness frame; ``payload`` lets a backlog be merged."""
         self._enqueue(_Item(_Kind.AWARENESS, frame, payload))
 
     def _enqueue(self, item: _Item) -> None:
         if self.closed:
             return
-        self._queue.append(item)
+        if self._writer is None:
+            self._send_now(item.frame)
+            return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
         self._queued_bytes += len(item.frame)
-        if len(self._queue) >= self._limits.queue_limit:
+        if len(queue) >= self._limits.queue_limit:
             self._check_stalled()
             if not self.closed:
                 self._collapse()
-        if not self._wakeup.is_set():
-            self._wakeup.set()
+
+    def _send_now(self, frame: bytes) -> None:
+        """Write ``frame`` without a task; start one only if the socket pushes back."""
+        coro = self._channel.send(frame)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self._sent(frame)
+            return
+        except Exception as exc:
+            self._send_failed(exc)
+            return
+        self._sending_since = self._loop.time()
+        self._writer = self._loop.create_task(
+            self._drain(_resume(coro, waiting), frame), name=f"collab-writer-{self.id}"
+        )
+
+    def _sent(self, frame: bytes) -> None:
+        self.counters.frames_out += 1
+        self.counters.bytes_out += len(frame)
+        self._traffic.messages_out += 1
+        self._traffic.bytes_out += len(frame)
+
+    def _send_failed(self, exc: Exception) -> None:
+        log.debug("send to %s failed: %r", self.peer, exc)
+        self.close(CloseCode.GOING_AWAY, "send failed", abnormal=True)
+
+    async def _drain(self, in_flight: Awaitable[None], frame: bytes) -> None:
+        """Finish the suspended send, then everything queued behind it."""
+        try:
+            await in_flight
+            self._sent(frame)
+            while self._queue:
+                item = self._queue.popleft()
+                self._queued_bytes -= len(item.frame)
+                self._sending_since = self._loop.time()
+                await self._channel.send(item.frame)
+                self._sent(item.frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the peer went away mid-send
+            self._send_failed(exc)
+        finally:
+            self._writer = None
+            self._queue = None
+            self._queued_bytes = 0
+            self._sending_since = None
 
     def _check_stalled(self) -> None:
         since = self._sending_since
@@ -208,9 +331,10 @@ class Connection:
 
     def _collapse(self) -> None:
         """Merge queued updates and awareness so the backlog stops growing."""
-        updates = [i.payload for i in self._queue if i.kind is _Kind.UPDATE]
-        awareness = [i.payload for i in self._queue if i.kind is _Kind.AWARENESS]
-        items = [i for i in self._queue if i.kind is _Kind.OTHER]
+        queue = self._queue or deque()
+        updates = [i.payload for i in queue if i.kind is _Kind.UPDATE]
+        awareness = [i.payload for i in queue if i.kind is _Kind.AWARENESS]
+        items = [i for i in queue if i.kind is _Kind.OTHER]
         if updates:
             merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
             items.append(_Item(_Kind.UPDATE, protocol.sync_update(merged), merged))
@@ -230,28 +354,6 @@ class Connection:
             # keeps asking for them without reading is not worth keeping.
             self.close(CloseCode.TRY_AGAIN_LATER, f"{len(self._queue)} unmergeable frames queued")
 
-    async def _write_loop(self) -> None:
-        try:
-            while True:
-                if not self._queue:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                item = self._queue.popleft()
-                self._queued_bytes -= len(item.frame)
-                self._sending_since = self._loop.time()
-                await self._channel.send(item.frame)
-                self._sending_since = None
-                self.counters.frames_out += 1
-                self.counters.bytes_out += len(item.frame)
-                self._traffic.messages_out += 1
-                self._traffic.bytes_out += len(item.frame)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the peer went away mid-send
-            log.debug("send to %s failed: %r", self.peer, exc)
-            self.close(CloseCode.GOING_AWAY, "send failed", abnormal=True)
-
     # -- closing --------------------------------------------------------------
 
     def close(self, code: int, reason: str = "", *, abnormal: bool = False) -> None:
@@ -264,22 +366,28 @@ class Connection:
             return
         self.close_code = code
         self.close_reason = reason
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._queued_bytes = 0
         self._loop.create_task(self._close(code, reason, abnormal), name=f"collab-close-{self.id}")
 
     async def _close(self, code: int, reason: str, abnormal: bool) -> None:
-        if self._writer is not asyncio.current_task():
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
             with contextlib.suppress(BaseException):
-                await self._writer
+                await writer
         if not abnormal:
             with contextlib.suppress(Exception):
                 await self._channel.close(code, reason)
-        if not self._closed.done():
+        self._finished = True
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(code)
 
     def mark_closed(self, code: int | None) -> None:
         """Record that the peer closed the socket (called by the transport)."""
         if not self.closed:
             self.close(code if code is not None else 1006, "peer closed", abnormal=True)
+
+
+_DEFAULT_LIMITS = SendLimits()

@@ -38,6 +38,10 @@ FLUSH_MAX_UPDATES = 64
 #: ... or this many bytes.
 FLUSH_MAX_BYTES = 1024 * 1024
 
+#: Awareness client ids one connection can own (a y-websocket client has one);
+#: ids beyond it still apply, and time out instead of leaving with the socket.
+MAX_OWNED_CLIENTS = 16
+
 #: An empty state vector: the client has nothing yet.
 _EMPTY_STATE_VECTOR = b"\x00"
 
@@ -63,7 +67,9 @@ class Room:
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
         # The server is not a participant: it has no presence of its own.
         self.awareness.set_local_state(None)
-        self.connections: dict[Connection, set[int]] = {}
+        #: Each connection with the awareness client ids it introduced (a list:
+        #: almost always zero or one, and an empty list is a quarter of an empty set).
+        self.connections: dict[Connection, list[int]] = {}
         self._awareness_owner: dict[int, Connection] = {}
         self._store = store
         self._broker = broker
@@ -108,7 +114,7 @@ class Room:
 
     def join(self, conn: Connection) -> None:
         """Add a connection and open the sync handshake from the server's side."""
-        self.connections[conn] = set()
+        self.connections[conn] = []
         # Our step 1 makes the client send what we lack (its offline edits).
         conn.send(protocol.sync_step1(self.doc.get_state()))
         if self.awareness.states:
@@ -219,12 +225,15 @@ class Room:
             news = True
             owner = self._awareness_owner.get(entry.client_id)
             if owner is not None and owner is not conn and owner in self.connections:
-                self.connections[owner].discard(entry.client_id)
+                _discard(self.connections[owner], entry.client_id)
             if entry.removed:
-                ids.discard(entry.client_id)
+                _discard(ids, entry.client_id)
                 self._awareness_owner.pop(entry.client_id, None)
             else:
-                ids.add(entry.client_id)
+                if entry.client_id not in ids:
+                    if len(ids) >= MAX_OWNED_CLIENTS:
+                        continue  # not owned: it times out instead of leaving with conn
+                    ids.append(entry.client_id)
                 self._awareness_owner[entry.client_id] = conn
         if not news:
             return  # an echo: everyone has it already, relaying would only amplify it
@@ -335,9 +344,14 @@ class Room:
         for client_id in removed:
             owner = self._awareness_owner.pop(client_id, None)
             if owner is not None and owner in self.connections:
-                self.connections[owner].discard(client_id)
+                _discard(self.connections[owner], client_id)
         payload = self.awareness.encode_awareness_update(removed)
         self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
+
+
+def _discard(ids: list[int], client_id: int) -> None:
+    if client_id in ids:
+        ids.remove(client_id)
 
 
 def _merge(updates: list[bytes]) -> bytes:

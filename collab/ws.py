@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from aiohttp import WSMsgType, web
 
 from .auth import AuthError, authorize, check_origin
 from .closecodes import CloseCode
+from .config import Settings
 from .connection import Connection, RateLimits, SendLimits
 from .keys import MANAGER, METRICS, SETTINGS
+from .metrics import Metrics
 from .protocol import ProtocolError
+from .room import Room
+from .rooms import RoomManager
 from .store import CorruptDocument, StoreError
 
 log = logging.getLogger("collab.ws")
@@ -20,12 +25,17 @@ log = logging.getLogger("collab.ws")
 #: Frames handled from one socket before the handler lets other tasks run.
 YIELD_EVERY = 64
 
+#: What receive() returns once the socket is closing or closed.
+_CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+
 #: Goodbyes that are nobody's fault: no warning for these.
 _ORDINARY_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006, None})
 
 
 class WebSocketChannel:
     """Adapts aiohttp's ``WebSocketResponse`` to the ``Channel`` protocol."""
+
+    __slots__ = ("_ws",)
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self._ws = ws
@@ -56,7 +66,28 @@ def peer_of(request: web.Request) -> str:
     return str(request.remote or "?")
 
 
+@functools.lru_cache(maxsize=8)
+def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
+    """One pair of limit objects per server, shared by all its connections."""
+    send = SendLimits(
+        queue_limit=settings.queue_limit,
+        max_queue_bytes=settings.max_queue_bytes,
+        stall_timeout=settings.stall_timeout,
+    )
+    rate = RateLimits(
+        messages=settings.rate_messages,
+        bytes=settings.rate_bytes,
+        max_message_size=settings.max_message_size,
+    )
+    return send, rate
+
+
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    """Check, upgrade, serve, log one close line.
+
+    One coroutine from upgrade to close, reading with ``receive()``: every
+    suspended frame is held by every idle connection, so none is spared.
+    """
     settings = request.app[SETTINGS]
     manager = request.app[MANAGER]
     metrics = request.app[METRICS]
@@ -79,29 +110,67 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         )
         raise exc.http() from None
 
-    ws = web.WebSocketResponse(max_msg_size=settings.max_message_size, heartbeat=settings.heartbeat)
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.max_message_size,
+        heartbeat=settings.heartbeat,
+        compress=settings.ws_compression,
+    )
     await ws.prepare(request)
+    send_limits, rate_limits = connection_limits(settings)
     conn = Connection(
         WebSocketChannel(ws),
         doc=name,
         peer=peer,
-        limits=SendLimits(
-            queue_limit=settings.queue_limit,
-            max_queue_bytes=settings.max_queue_bytes,
-            stall_timeout=settings.stall_timeout,
-        ),
-        rate=RateLimits(
-            messages=settings.rate_messages,
-            bytes=settings.rate_bytes,
-            max_message_size=settings.max_message_size,
-        ),
+        limits=send_limits,
+        rate=rate_limits,
         traffic=metrics.traffic,
         can_write=grant.can_write,
     )
     manager.connection_count += 1
+    room: Room | None = None
     try:
-        await _serve(conn, ws, request)
+        room = await _enter(conn, manager, settings, metrics)
+        if room is not None:
+            handled = 0
+            while not conn.closed:
+                msg = await ws.receive()
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # Frames already buffered never suspend receive(): without
+                    # this, a burst runs to its end before any writer task
+                    # sends, and every reader merges its growing backlog.
+                    await asyncio.sleep(0)
+                if msg.type is WSMsgType.BINARY:
+                    if not conn.received(len(msg.data)):
+                        metrics.refused("rate_limited")
+                        conn.close(CloseCode.RATE_LIMITED, "sending too fast")
+                        break
+                    try:
+                        room.handle(conn, msg.data)
+                    except ProtocolError as exc:
+                        metrics.refused(exc.code.name.lower())
+                        conn.close(exc.code, exc.reason)
+                        break
+                elif msg.type is WSMsgType.TEXT:
+                    metrics.refused("text_frame")
+                    conn.close(
+                        CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
+                    )
+                    break
+                elif msg.type is WSMsgType.ERROR:
+                    # aiohttp has already closed the socket (1009 for an oversized frame).
+                    error = ws.exception()
+                    code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
+                    conn.close(code, str(error), abnormal=True)
+                    break
+                elif msg.type in _CLOSED:
+                    break
     finally:
+        if room is not None:
+            room.leave(conn)
+        conn.mark_closed(ws.close_code)
+        with contextlib.suppress(Exception):
+            await conn.wait_closed()
         manager.connection_count -= 1
         metrics.closed(conn.close_code)
         # One line per connection closed; a warning when the client was at fault.
@@ -126,35 +195,31 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Request) -> None:
-    settings = request.app[SETTINGS]
-    manager = request.app[MANAGER]
-    metrics = request.app[METRICS]
+async def _enter(
+    conn: Connection, manager: RoomManager, settings: Settings, metrics: Metrics
+) -> Room | None:
+    """Open the connection's room and join it; None (and a close) when it cannot."""
     name = conn.doc
     if manager.connection_count > settings.max_connections:
         metrics.refused("server_full")
         conn.close(
             CloseCode.TRY_AGAIN_LATER, f"server is at {settings.max_connections} connections"
         )
-        await conn.wait_closed()
-        return
+        return None
     try:
         room = await manager.acquire(name)
     except CorruptDocument as exc:
         log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
         conn.close(CloseCode.INTERNAL_ERROR, "document is corrupt")
-        await conn.wait_closed()
-        return
+        return None
     except StoreError as exc:  # the database is down: worth a retry
         log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
         conn.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
-        await conn.wait_closed()
-        return
+        return None
     except Exception:
         log.exception("cannot open document %r for %s", name, conn.peer)
         conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
-        await conn.wait_closed()
-        return
+        return None
     if len(room.connections) >= settings.max_connections_per_doc:
         metrics.refused("document_full")
         conn.close(
@@ -162,8 +227,7 @@ async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Reque
             f"document is at {settings.max_connections_per_doc} connections",
         )
         manager.release_if_idle(room)
-        await conn.wait_closed()
-        return
+        return None
     room.join(conn)
     log.info(
         "open doc=%r peer=%s conn=%d mode=%s",
@@ -173,42 +237,4 @@ async def _serve(conn: Connection, ws: web.WebSocketResponse, request: web.Reque
         "write" if conn.can_write else "read",
         extra={"doc": name, "peer": conn.peer, "conn": conn.id, "event": "open"},
     )
-    handled = 0
-    try:
-        async for msg in ws:
-            if conn.closed:
-                break
-            handled += 1
-            if handled % YIELD_EVERY == 0:
-                # Frames already buffered never suspend `async for`: without
-                # this, a burst runs to its end before any writer task sends,
-                # and every reader merges its growing backlog over and over.
-                await asyncio.sleep(0)
-            if msg.type is WSMsgType.BINARY:
-                if not conn.received(len(msg.data)):
-                    metrics.refused("rate_limited")
-                    conn.close(CloseCode.RATE_LIMITED, "sending too fast")
-                    break
-                try:
-                    room.handle(conn, msg.data)
-                except ProtocolError as exc:
-                    metrics.refused(exc.code.name.lower())
-                    conn.close(exc.code, exc.reason)
-                    break
-            elif msg.type is WSMsgType.TEXT:
-                metrics.refused("text_frame")
-                conn.close(
-                    CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
-                )
-                break
-            elif msg.type is WSMsgType.ERROR:
-                # aiohttp has already closed the socket (1009 for an oversized frame).
-                error = ws.exception()
-                code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
-                conn.close(code, str(error), abnormal=True)
-                break
-    finally:
-        room.leave(conn)
-        conn.mark_closed(ws.close_code)
-        with contextlib.suppress(Exception):
-            await conn.wait_closed()
+    return room

@@ -42,6 +42,34 @@ async def test_frames_are_sent_in_order() -> None:
     assert await conn.wait_closed() == CloseCode.NORMAL
 
 
+async def test_connection_that_keeps_up_owns_no_task() -> None:
+    channel = MemoryChannel()
+    tasks_before = len(asyncio.all_tasks())
+    conn = Connection(channel, doc="d", peer="test")
+    frames = [protocol.permission_denied(str(i)) for i in range(10)]
+    for frame in frames:
+        conn.send(frame)
+    # Written at once, by the caller: no writer task, no queue.
+    assert channel.frames == frames
+    assert not conn.sending and conn.backlog == 0
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_frames_behind_a_blocked_send_keep_their_order() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(channel, doc="d", peer="test")
+    frames = [protocol.permission_denied(str(i)) for i in range(10)]
+    for frame in frames:
+        conn.send(frame)
+    assert conn.sending and conn.backlog > 0
+    channel.unblock()
+    await eventually(lambda: not conn.sending)
+    assert channel.frames == frames
+    conn.send(b"\x03")  # and once drained, straight through again
+    assert channel.frames[-1] == b"\x03"
+
+
 async def test_slow_reader_backlog_is_merged_and_loses_nothing() -> None:
     channel = MemoryChannel()
     channel.block()
@@ -102,7 +130,8 @@ async def test_backlog_too_big_even_after_merging_is_closed_with_1013() -> None:
     text = doc.get("text", type=Text)
     big: list[bytes] = []
     doc.observe(lambda e: big.append(e.update))
-    for _ in range(4):
+    # One frame in flight (the socket took it, then pushed back) and four behind it.
+    for _ in range(5):
         text.insert(0, "x" * 200)
     for update in big:
         conn.send_update(protocol.sync_update(update), update)

@@ -240,3 +240,19 @@ def stuck_port(ws: aiohttp.ClientWebSocketResponse) -> int:
     """The local port of a client socket, to find its connection on the server."""
     sock = ws._response.connection.transport.get_extra_info("sockname")  # type: ignore[union-attr]
     return int(sock[1])
+
+
+@pytest.mark.parametrize("setting", [False, True])
+async def test_permessage_deflate_is_accepted_only_when_enabled(
+    make_server: ServerFactory, http: aiohttp.ClientSession, setting: bool
+) -> None:
+    server = await make_server(ws_compression=setting)
+    # Offer permessage-deflate, as every browser does.
+    ws = await http.ws_connect(f"{server.ws_url}/doc", compress=15)
+    assert (ws.compress != 0) is setting
+    first = await ws.receive_bytes(timeout=5)
+    assert isinstance(protocol.decode(first), protocol.SyncStep1)
+    await ws.send_bytes(protocol.sync_step1(b"\x00"))
+    reply = protocol.decode(await ws.receive_bytes(timeout=5))
+    assert isinstance(reply, protocol.SyncStep2)
+    await ws.close()
