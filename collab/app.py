@@ -76,10 +76,12 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         store,
         unload_grace=settings.unload_grace,
         awareness_timeout=settings.awareness_timeout,
+        heartbeat=settings.heartbeat,
         max_doc_size=settings.max_doc_size,
         metrics=metrics,
         broker=broker,
     )
+    manager.start()
     if broker is not None:
         await broker.start(manager.resync)
         metrics.gauge(

@@ -46,7 +46,12 @@ class Channel(Protocol):
 
     async def send(self, frame: bytes) -> None: ...
 
+    async def ping(self) -> None: ...
+
     async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the socket without a goodbye (the peer is gone or unresponsive)."""
 
 
 class _Kind(enum.Enum):
@@ -111,6 +116,19 @@ class Counters:
     collapses: int = 0
 
 
+def _step(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
+    """Run ``coro`` up to its first suspension, without a task.
+
+    None when it finished (its exception propagates), else an awaitable for
+    the rest: a socket that takes a frame at once needs no task at all.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return _resume(coro, waiting)
+
+
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> Generator[Any, None, None]:
     """Continue, inside a task, a coroutine that was started outside one.
@@ -146,6 +164,7 @@ class Connection:
         "_finished",
         "_limits",
         "_loop",
+        "_pinged_at",
         "_queue",
         "_queued_bytes",
         "_rate_bytes",
@@ -159,6 +178,7 @@ class Connection:
         "counters",
         "doc",
         "id",
+        "last_seen",
         "opened_at",
         "peer",
     )
@@ -191,7 +211,9 @@ class Connection:
         self._sending_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._traffic = traffic or Traffic()
-        now = self.opened_at = self._loop.time()
+        now = self.opened_at = self.last_seen = self._loop.time()
+        #: When the unanswered ping went out (None: none is outstanding).
+        self._pinged_at: float | None = None
         self._rate_messages: TokenBucket | None = None
         self._rate_bytes: TokenBucket | None = None
         if rate is not None:
@@ -239,10 +261,41 @@ class Connection:
         self.counters.bytes_in += size
         self._traffic.messages_in += 1
         self._traffic.bytes_in += size
+        now = self._loop.time()
+        self.alive(now)
         if self._rate_messages is None or self._rate_bytes is None:
             return True
-        now = self._loop.time()
         return self._rate_messages.take(1, now) and self._rate_bytes.take(size, now)
+
+    def alive(self, now: float | None = None) -> None:
+        """The peer showed a sign of life (a message, a ping or a pong)."""
+        self.last_seen = self._loop.time() if now is None else now
+        self._pinged_at = None
+
+    def check_alive(self, now: float, interval: float) -> None:
+        """Ping a peer silent for ``interval``; drop one silent ``interval / 2`` after it.
+
+        Called for every connection by one server-wide timer, so an idle
+        connection costs no timer of its own.  Also drops a socket that has
+        accepted nothing for ``stall_timeout`` even when no new frame comes.
+        """
+        if self.closed:
+            return
+        self._check_stalled()
+        if self.closed:
+            return
+        if self._pinged_at is not None:
+            if now - self._pinged_at >= interval / 2:
+                self.close(CloseCode.GOING_AWAY, "no pong: peer unresponsive", abnormal=True)
+        elif now - self.last_seen >= interval:
+            self._pinged_at = now
+            try:
+                rest = _step(self._channel.ping())
+            except Exception as exc:
+                self._send_failed(exc)
+                return
+            if rest is not None:  # the socket pushed back; finish it aside
+                self._loop.create_task(_ignore_errors(rest), name=f"collab-ping-{self.id}")
 
     # -- sending --------------------------------------------------------------
 
@@ -276,18 +329,17 @@ class Connection:
 
     def _send_now(self, frame: bytes) -> None:
         """Write ``frame`` without a task; start one only if the socket pushes back."""
-        coro = self._channel.send(frame)
         try:
-            waiting = coro.send(None)
-        except StopIteration:
-            self._sent(frame)
-            return
+            rest = _step(self._channel.send(frame))
         except Exception as exc:
             self._send_failed(exc)
             return
+        if rest is None:
+            self._sent(frame)
+            return
         self._sending_since = self._loop.time()
         self._writer = self._loop.create_task(
-            self._drain(_resume(coro, waiting), frame), name=f"collab-writer-{self.id}"
+            self._drain(rest, frame), name=f"collab-writer-{self.id}"
         )
 
     def _sent(self, frame: bytes) -> None:
@@ -359,8 +411,8 @@ class Connection:
     def close(self, code: int, reason: str = "", *, abnormal: bool = False) -> None:
         """Close the socket with ``code`` and log why; later calls do nothing.
 
-        ``abnormal`` means the socket is already gone (or closed by aiohttp
-        itself), so there is nothing left to send.
+        ``abnormal`` means the socket is gone or the peer unresponsive: it
+        is dropped without a closing handshake.
         """
         if self.closed:
             return
@@ -377,7 +429,9 @@ class Connection:
             writer.cancel()
             with contextlib.suppress(BaseException):
                 await writer
-        if not abnormal:
+        if abnormal:
+            self._channel.abort()
+        else:
             with contextlib.suppress(Exception):
                 await self._channel.close(code, reason)
         self._finished = True
@@ -388,6 +442,11 @@ class Connection:
         """Record that the peer closed the socket (called by the transport)."""
         if not self.closed:
             self.close(code if code is not None else 1006, "peer closed", abnormal=True)
+
+
+async def _ignore_errors(rest: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):
+        await rest
 
 
 _DEFAULT_LIMITS = SendLimits()

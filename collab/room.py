@@ -12,7 +12,6 @@ receivers (plus once per sender, which must not get its own change back).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -65,6 +64,7 @@ class Room:
         self.name = name
         self.doc: Doc[Any] = Doc()
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
+        self._awareness_timeout_ms = awareness_timeout * 1000
         # The server is not a participant: it has no presence of its own.
         self.awareness.set_local_state(None)
         #: Each connection with the awareness client ids it introduced (a list:
@@ -86,9 +86,6 @@ class Room:
         self._full_step2: bytes | None = None
         self._doc_sub = self.doc.observe(self._on_change)
         self._awareness_sub = self.awareness.observe(self._on_awareness_change)
-        self._awareness_task = self._loop.create_task(
-            self.awareness.start(), name=f"collab-awareness-{name}"
-        )
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r} connections={len(self.connections)}>"
@@ -106,9 +103,6 @@ class Room:
             self._flush()
         else:
             self._pending.clear()
-        self._awareness_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._awareness_task
         self.doc.unobserve(self._doc_sub)
         self.awareness.unobserve(self._awareness_sub)
 
@@ -334,6 +328,21 @@ class Room:
         for conn in self.connections:
             if conn is not exclude:
                 conn.send_awareness(frame, payload)
+
+    def expire_awareness(self, now_ms: float) -> None:
+        """Drop presence its client stopped renewing (y-protocols renews every 15 s).
+
+        The room manager calls this for every room on one timer, instead of
+        each room running pycrdt's ``Awareness.start()`` task group.
+        """
+        states = self.awareness.states
+        stale = [
+            client_id
+            for client_id, meta in self.awareness.meta.items()
+            if client_id in states and now_ms - meta["lastUpdated"] >= self._awareness_timeout_ms
+        ]
+        if stale:
+            self.awareness.remove_awareness_states(stale, "timeout")
 
     def _on_awareness_change(self, topic: str, change: tuple[dict[str, Any], Any]) -> None:
         changes, origin = change

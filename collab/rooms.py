@@ -1,9 +1,14 @@
-"""The registry of open rooms and their single-flight load and unload.
+"""The registry of open rooms, their single-flight load and unload, and the
+one timer that keeps them live.
 
 Two clients opening the same new document at the same instant share one
 load; a room is dropped only after its final flush, and whether it is
 still empty is asked again after every ``await`` (a client may have joined
 meanwhile, in which case the room simply stays).
+
+One periodic tick, for the whole server, pings silent connections (and
+drops the ones that do not answer) and expires stale presence: no timer,
+task or task group per connection or per room.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from pycrdt import Doc
@@ -36,6 +42,7 @@ class RoomManager:
         *,
         unload_grace: float = 10.0,
         awareness_timeout: float = 30.0,
+        heartbeat: float | None = 30.0,
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
         broker: Broker | None = None,
@@ -51,9 +58,42 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self._unload_grace = unload_grace
         self._awareness_timeout = awareness_timeout
+        self._heartbeat = heartbeat or None
+        #: Often enough to ping within a quarter heartbeat of the deadline and
+        #: to expire presence within a tenth of its timeout (as pycrdt does).
+        self.tick_interval = min(
+            awareness_timeout / 10, self._heartbeat / 4 if self._heartbeat else float("inf")
+        )
+        self._ticker: asyncio.Task[None] | None = None
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        """Start the server-wide tick (pings and presence expiry)."""
+        if self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(
+                self._tick_forever(), name="collab-tick"
+            )
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                self.tick()
+            except Exception:  # one bad room must not stop the pings of all others
+                log.exception("tick failed")
+
+    def tick(self) -> None:
+        """Ping silent connections, drop unresponsive ones, expire stale presence."""
+        now = asyncio.get_running_loop().time()
+        now_ms = time.time() * 1000
+        heartbeat = self._heartbeat
+        for room in list(self.rooms.values()):
+            room.expire_awareness(now_ms)
+            if heartbeat is not None:
+                for conn in list(room.connections):
+                    conn.check_alive(now, heartbeat)
 
     async def acquire(self, name: str) -> Room:
         """The open room for ``name``, loading it if needed.
@@ -209,6 +249,11 @@ class RoomManager:
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every connection with ``code``, then flush and drop every room."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
         for timer in self._unload_timers.values():
             timer.cancel()
         self._unload_timers.clear()

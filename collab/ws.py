@@ -35,13 +35,21 @@ _ORDINARY_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006
 class WebSocketChannel:
     """Adapts aiohttp's ``WebSocketResponse`` to the ``Channel`` protocol."""
 
-    __slots__ = ("_ws",)
+    __slots__ = ("_transport", "_ws")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self._ws = ws
+        self._transport = transport
 
     async def send(self, frame: bytes) -> None:
         await self._ws.send_bytes(frame)
+
+    async def ping(self) -> None:
+        await self._ws.ping()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     async def close(self, code: int, reason: str) -> None:
         # drain=False: a stalled reader must not hold up its own closing.
@@ -110,15 +118,17 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         )
         raise exc.http() from None
 
+    # No per-socket heartbeat timer: the room manager pings silent
+    # connections on one timer for the whole server, so pongs come to us.
     ws = web.WebSocketResponse(
         max_msg_size=settings.max_message_size,
-        heartbeat=settings.heartbeat,
+        autoping=False,
         compress=settings.ws_compression,
     )
     await ws.prepare(request)
     send_limits, rate_limits = connection_limits(settings)
     conn = Connection(
-        WebSocketChannel(ws),
+        WebSocketChannel(ws, request.transport),
         doc=name,
         peer=peer,
         limits=send_limits,
@@ -151,6 +161,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                         metrics.refused(exc.code.name.lower())
                         conn.close(exc.code, exc.reason)
                         break
+                elif msg.type is WSMsgType.PING:
+                    conn.alive()
+                    await ws.pong(msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    conn.alive()
                 elif msg.type is WSMsgType.TEXT:
                     metrics.refused("text_frame")
                     conn.close(

@@ -16,6 +16,8 @@ class MemoryChannel:
         self._open = asyncio.Event()
         self._open.set()
         self.sent = asyncio.Event()
+        self.pings = 0
+        self.aborted = False
 
     def block(self) -> None:
         self._open.clear()
@@ -28,8 +30,14 @@ class MemoryChannel:
         self.frames.append(frame)
         self.sent.set()
 
+    async def ping(self) -> None:
+        self.pings += 1
+
     async def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def messages(self) -> list[protocol.Message]:
         return [protocol.decode(f) for f in self.frames]

@@ -146,3 +146,32 @@ async def test_close_is_idempotent_and_keeps_first_code() -> None:
     assert await conn.wait_closed() == CloseCode.PROTOCOL_ERROR
     assert channel.closed_with == (CloseCode.PROTOCOL_ERROR, "bad")
     conn.send(b"\x03")  # sending after close is a no-op, not an error
+
+
+async def test_silent_peer_is_pinged_and_dropped_when_it_does_not_answer() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, doc="d", peer="test")
+    start = conn.last_seen
+    conn.check_alive(start + 5, interval=10)
+    assert channel.pings == 0  # not silent long enough
+    conn.check_alive(start + 10, interval=10)
+    assert channel.pings == 1
+    conn.check_alive(start + 12, interval=10)
+    assert channel.pings == 1 and not conn.closed  # one ping, and time to answer it
+    conn.check_alive(start + 15, interval=10)
+    assert await conn.wait_closed() == CloseCode.GOING_AWAY
+    assert channel.aborted and channel.closed_with is None  # no goodbye to a dead peer
+
+
+async def test_peer_that_answers_the_ping_stays() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, doc="d", peer="test")
+    start = conn.last_seen
+    conn.check_alive(start + 10, interval=10)
+    assert channel.pings == 1
+    conn.alive(start + 11)  # its pong
+    conn.check_alive(start + 16, interval=10)
+    conn.check_alive(start + 20, interval=10)
+    assert not conn.closed and channel.pings == 1
+    conn.check_alive(start + 21, interval=10)
+    assert channel.pings == 2

@@ -115,6 +115,32 @@ async def test_presence_of_a_dropped_socket_is_removed_without_a_goodbye(
     await watcher.wait_for(lambda: aw.client_id not in watcher.awareness.states)
 
 
+async def test_presence_that_is_not_renewed_expires_while_its_socket_stays(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(awareness_timeout=0.5)
+    watcher_ws = await raw_socket(http, server)
+    ws = await raw_socket(http, server)
+    aw = Awareness(Doc())
+    aw.set_local_state({"user": "stale"})
+    await ws.send_bytes(protocol.awareness(aw.encode_awareness_update([aw.client_id])))
+    room = server.app[MANAGER].rooms["doc"]
+    await eventually(lambda: aw.client_id in room.awareness.states)
+    # Never renewed (y-protocols renews every 15 s): gone after the timeout,
+    # and the watcher is told with a removal (a null state).
+    async with asyncio.timeout(5):
+        while True:
+            message = protocol.decode(await watcher_ws.receive_bytes())
+            if isinstance(message, protocol.AwarenessUpdate) and any(
+                e.client_id == aw.client_id and e.removed for e in message.entries
+            ):
+                break
+    assert aw.client_id not in room.awareness.states
+    assert not ws.closed
+    await ws.close()
+    await watcher_ws.close()
+
+
 BAD_FRAMES = {
     "malformed": (b"\x00\x01\xff\xff\xff", CloseCode.PROTOCOL_ERROR),
     "truncated": (protocol.sync_update(b"\x01\x02\x03\x04")[:-2], CloseCode.PROTOCOL_ERROR),
