@@ -107,15 +107,6 @@ class TokenBucket:
         return True
 
 
-@dataclass(slots=True)
-class Counters:
-    frames_in: int = 0
-    bytes_in: int = 0
-    frames_out: int = 0
-    bytes_out: int = 0
-    collapses: int = 0
-
-
 def _step(coro: Coroutine[Any, Any, None]) -> Awaitable[None] | None:
     """Run ``coro`` up to its first suspension, without a task.
 
@@ -175,11 +166,10 @@ class Connection:
         "can_write",
         "close_code",
         "close_reason",
-        "counters",
+        "collapses",
         "doc",
         "id",
         "last_seen",
-        "opened_at",
         "peer",
     )
 
@@ -198,7 +188,8 @@ class Connection:
         self.doc = doc
         self.peer = peer
         self.can_write = can_write
-        self.counters = Counters()
+        #: How often a backlog was merged (a sign of a slow reader).
+        self.collapses = 0
         self.close_code: int | None = None
         self.close_reason = ""
         self._channel = channel
@@ -211,7 +202,7 @@ class Connection:
         self._sending_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._traffic = traffic or Traffic()
-        now = self.opened_at = self.last_seen = self._loop.time()
+        now = self.last_seen = self._loop.time()
         #: When the unanswered ping went out (None: none is outstanding).
         self._pinged_at: float | None = None
         self._rate_messages: TokenBucket | None = None
@@ -257,8 +248,6 @@ class Connection:
 
     def received(self, size: int) -> bool:
         """Count an incoming frame; False when it breaks the rate limit."""
-        self.counters.frames_in += 1
-        self.counters.bytes_in += size
         self._traffic.messages_in += 1
         self._traffic.bytes_in += size
         now = self._loop.time()
@@ -343,8 +332,6 @@ class Connection:
         )
 
     def _sent(self, frame: bytes) -> None:
-        self.counters.frames_out += 1
-        self.counters.bytes_out += len(frame)
         self._traffic.messages_out += 1
         self._traffic.bytes_out += len(frame)
 
@@ -395,7 +382,7 @@ class Connection:
             items.append(_Item(_Kind.AWARENESS, protocol.awareness(payload), payload))
         self._queue = deque(items)
         self._queued_bytes = sum(len(i.frame) for i in items)
-        self.counters.collapses += 1
+        self.collapses += 1
         if self._queued_bytes > self._limits.max_queue_bytes:
             self.close(
                 CloseCode.TRY_AGAIN_LATER,

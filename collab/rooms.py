@@ -22,6 +22,7 @@ from typing import Any
 from pycrdt import Doc
 
 from .closecodes import CloseCode
+from .memory import MemoryReleaser
 from .metrics import Metrics
 from .pubsub import Broker, Message
 from .room import Room
@@ -65,6 +66,7 @@ class RoomManager:
             awareness_timeout / 10, self._heartbeat / 4 if self._heartbeat else float("inf")
         )
         self._ticker: asyncio.Task[None] | None = None
+        self.memory = MemoryReleaser()
         self._loading: dict[str, asyncio.Task[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
         self._unloading: dict[str, asyncio.Task[None]] = {}
@@ -209,6 +211,7 @@ class RoomManager:
             if self.broker is not None:
                 self.broker.unsubscribe(room.name)
             await room.close()
+            self.memory.unloaded(len(self.rooms))
             log.debug("unloaded room %r", room.name)
         except Exception as exc:
             # The store is failing (it retries on its own): keep the document
@@ -254,6 +257,7 @@ class RoomManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        self.memory.close()
         for timer in self._unload_timers.values():
             timer.cancel()
         self._unload_timers.clear()
