@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -18,74 +17,28 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from aiohttp import web
 
-from collab.app import create_app
 from collab.client import Session
-from collab.config import Settings
+from collab.testing.server import InProcessServer, ServerProcess, free_port
 
 IN_CI = os.environ.get("CI") == "true"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclasses.dataclass
-class RunningServer:
-    """A collab server listening on a real socket; ``restart`` keeps the port."""
-
-    settings: Settings
-    app: web.Application
-    runner: web.AppRunner
-
-    @property
-    def port(self) -> int:
-        return self.settings.port
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-    async def start(self) -> None:
-        self.app = create_app(self.settings)
-        self.runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-
-    async def restart(self) -> None:
-        await self.stop()
-        await self.start()
-
-
-async def start_server(**overrides: Any) -> RunningServer:
-    defaults: dict[str, Any] = {"port": free_port(), "unload_grace": 0.2, "store": "memory://"}
-    settings = Settings(**{**defaults, **overrides})
-    server = RunningServer(settings, None, None)  # type: ignore[arg-type]
-    await server.start()
-    return server
+async def start_server(**overrides: Any) -> InProcessServer:
+    defaults: dict[str, Any] = {"unload_grace": 0.2, "store": "memory://"}
+    return await InProcessServer(**{**defaults, **overrides}).start()
 
 
 class ServerFactory(Protocol):
-    def __call__(self, **overrides: Any) -> Awaitable[RunningServer]: ...
+    def __call__(self, **overrides: Any) -> Awaitable[InProcessServer]: ...
 
 
 @pytest.fixture
 async def make_server() -> AsyncIterator[ServerFactory]:
     """Start servers with custom settings; all are stopped after the test."""
-    servers: list[RunningServer] = []
+    servers: list[InProcessServer] = []
 
-    async def factory(**overrides: Any) -> RunningServer:
+    async def factory(**overrides: Any) -> InProcessServer:
         server = await start_server(**overrides)
         servers.append(server)
         return server
@@ -97,7 +50,7 @@ async def make_server() -> AsyncIterator[ServerFactory]:
 
 
 @pytest.fixture
-async def server(make_server: ServerFactory) -> RunningServer:
+async def server(make_server: ServerFactory) -> InProcessServer:
     """A collab server with default settings and the memory store."""
     return await make_server()
 
@@ -109,7 +62,7 @@ class ClientFactory(Protocol):
 
 
 @pytest.fixture
-async def make_client(server: RunningServer) -> AsyncIterator[ClientFactory]:
+async def make_client(server: InProcessServer) -> AsyncIterator[ClientFactory]:
     """Open synced Python client sessions; all are closed after the test."""
     sessions: list[Session] = []
 
@@ -286,9 +239,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture(autouse=True, scope="session")
 def no_server_process_outlives_the_session() -> Iterator[None]:
     yield
-    from tests.processes import kill_leftovers
-
-    kill_leftovers()
+    ServerProcess.kill_leftovers()
 
 
 # The real JavaScript client, for every test module.

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from tests.conftest import RunningServer
+from collab.testing.server import InProcessServer
 
 INTEROP_DIR = Path(__file__).parent / "interop"
 CLIENT_SCRIPT = INTEROP_DIR / "client.mjs"
@@ -170,7 +170,7 @@ class JsClientFactory(Protocol):
 
 @pytest.fixture
 async def make_js_client(
-    require_node: None, server: RunningServer
+    require_node: None, server: InProcessServer
 ) -> AsyncIterator[JsClientFactory]:
     """Start synced JS clients; every node process is killed after the test."""
     clients: list[JsClient] = []

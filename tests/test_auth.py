@@ -13,7 +13,8 @@ from collab.auth import issue_token
 from collab.client import ConnectionClosed, Session
 from collab.closecodes import CloseCode
 from collab.keys import MANAGER
-from tests.conftest import ClientFactory, RunningServer, ServerFactory
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory, ServerFactory
 from tests.helpers import text_of
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -24,7 +25,7 @@ def token(doc: str = "doc", mode: str = "write", ttl: float = 3600, secret: str 
 
 
 @pytest.fixture
-async def secured(make_server: ServerFactory) -> RunningServer:
+async def secured(make_server: ServerFactory) -> InProcessServer:
     return await make_server(auth_secret=SECRET, allowed_origin=("https://editor.example",))
 
 
@@ -60,27 +61,27 @@ async def handshake_status(
     ],
 )
 async def test_websocket_token_cases(
-    case: str, query: str, status: int, secured: RunningServer, http: aiohttp.ClientSession
+    case: str, query: str, status: int, secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     assert await handshake_status(http, f"{secured.ws_url}/doc{query}") == status, case
 
 
 async def test_bearer_header_is_accepted_like_the_query_token(
-    secured: RunningServer, http: aiohttp.ClientSession
+    secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     headers = {"Authorization": f"Bearer {token()}"}
     assert await handshake_status(http, f"{secured.ws_url}/doc", headers) == 101
 
 
 async def test_refused_handshake_creates_no_room(
-    secured: RunningServer, http: aiohttp.ClientSession
+    secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     assert await handshake_status(http, f"{secured.ws_url}/secret-doc") == 401
     assert "secret-doc" not in secured.app[MANAGER].rooms
 
 
 async def test_read_only_client_syncs_and_sees_live_changes_but_cannot_write(
-    secured: RunningServer, make_client: ClientFactory
+    secured: InProcessServer, make_client: ClientFactory
 ) -> None:
     writer = await make_client(url=secured.ws_url, token=token(mode="write"))
     writer.doc.get("text", type=Text).insert(0, "written")
@@ -98,7 +99,7 @@ async def test_read_only_client_syncs_and_sees_live_changes_but_cannot_write(
 
 
 async def test_read_only_update_is_answered_with_permission_denied(
-    secured: RunningServer, http: aiohttp.ClientSession
+    secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     ws = await http.ws_connect(f"{secured.ws_url}/doc?token={token(mode='read')}")
     doc = Doc()
@@ -112,7 +113,7 @@ async def test_read_only_update_is_answered_with_permission_denied(
     await ws.close()
 
 
-async def test_python_client_reports_a_refused_token(secured: RunningServer) -> None:
+async def test_python_client_reports_a_refused_token(secured: InProcessServer) -> None:
     session = Session(secured.ws_url, "doc", token=token(doc="other"))
     await session.start()
     with pytest.raises(ConnectionClosed) as info:
@@ -130,7 +131,7 @@ async def test_python_client_reports_a_refused_token(secured: RunningServer) -> 
     ],
 )
 async def test_origin_check(
-    origin: str | None, status: int, secured: RunningServer, http: aiohttp.ClientSession
+    origin: str | None, status: int, secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     headers = {"Origin": origin} if origin else {}
     url = f"{secured.ws_url}/doc?token={token()}"
@@ -138,14 +139,14 @@ async def test_origin_check(
 
 
 async def test_same_origin_is_always_allowed(
-    secured: RunningServer, http: aiohttp.ClientSession
+    secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     headers = {"Origin": secured.http_url}
     assert await handshake_status(http, f"{secured.ws_url}/doc?token={token()}", headers) == 101
 
 
 async def test_http_api_needs_a_token_that_covers_the_document(
-    secured: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    secured: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     writer = await make_client("team-a", url=secured.ws_url, token=token(doc="team-*"))
     writer.doc.get("text", type=Text).insert(0, "x")

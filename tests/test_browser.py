@@ -29,16 +29,9 @@ from pycrdt import Text
 
 from collab.auth import issue_token
 from collab.static import DEFAULT_DIST, setup_frontend
-from tests.conftest import (
-    IN_CI,
-    ClientFactory,
-    RunningServer,
-    ServerFactory,
-    free_port,
-    node_available,
-)
+from collab.testing.server import InProcessServer, ServerProcess, free_port
+from tests.conftest import IN_CI, ClientFactory, ServerFactory, node_available
 from tests.helpers import text_of
-from tests.processes import ServerProcess
 
 try:
     from playwright.async_api import Browser, Page, async_playwright
@@ -194,7 +187,7 @@ async def open_tab(
 
 
 async def test_typing_in_one_tab_appears_in_the_others_and_simultaneous_typing_converges(
-    browser: Browser, frontend_dist: Path, server: RunningServer
+    browser: Browser, frontend_dist: Path, server: InProcessServer
 ) -> None:
     doc = "three tabs"
     a, b, c = [await open_tab(browser, server.http_url, doc) for _ in range(3)]
@@ -218,7 +211,7 @@ async def test_typing_in_one_tab_appears_in_the_others_and_simultaneous_typing_c
 
 
 async def test_a_python_bot_edit_shows_in_the_tab_and_the_tab_edit_reaches_the_bot(
-    browser: Browser, frontend_dist: Path, server: RunningServer, make_client: ClientFactory
+    browser: Browser, frontend_dist: Path, server: InProcessServer, make_client: ClientFactory
 ) -> None:
     doc = "bot and browser"
     tab = await open_tab(browser, server.http_url, doc)
@@ -235,7 +228,7 @@ async def test_a_python_bot_edit_shows_in_the_tab_and_the_tab_edit_reaches_the_b
 
 
 async def test_undo_reverts_only_your_own_changes(
-    browser: Browser, frontend_dist: Path, server: RunningServer, make_client: ClientFactory
+    browser: Browser, frontend_dist: Path, server: InProcessServer, make_client: ClientFactory
 ) -> None:
     doc = "undo"
     tab = await open_tab(browser, server.http_url, doc)
@@ -257,7 +250,7 @@ async def test_undo_reverts_only_your_own_changes(
 
 
 async def test_tabs_see_each_other_in_the_list_and_as_named_cursors(
-    browser: Browser, frontend_dist: Path, server: RunningServer
+    browser: Browser, frontend_dist: Path, server: InProcessServer
 ) -> None:
     doc = "presence"
     ada = await open_tab(browser, server.http_url, doc, user=("Ada Lovelace", "#e5484d"))
@@ -313,7 +306,7 @@ async def test_tabs_see_each_other_in_the_list_and_as_named_cursors(
 
 
 async def test_a_new_tab_gets_a_friendly_name_it_keeps(
-    browser: Browser, frontend_dist: Path, server: RunningServer
+    browser: Browser, frontend_dist: Path, server: InProcessServer
 ) -> None:
     context = await browser.new_context()
     page = await context.new_page()
@@ -370,7 +363,7 @@ async def test_tabs_reconnect_after_a_server_restart_and_keep_what_was_typed_off
             stored = (await response.json())["content"]["text"]
         assert stored == await a.text()
     finally:
-        if server.proc is not None and server.proc.returncode is None:
+        if server.running:
             await server.kill()
 
 
@@ -428,7 +421,7 @@ async def test_a_token_in_the_page_url_opens_a_server_that_requires_one(
 
 
 async def test_the_document_list_shows_documents_and_opens_one_by_name(
-    browser: Browser, frontend_dist: Path, server: RunningServer, make_client: ClientFactory
+    browser: Browser, frontend_dist: Path, server: InProcessServer, make_client: ClientFactory
 ) -> None:
     for name, content in [("notes", "shopping list"), ("team/plan ü", "ship it")]:
         client = await make_client(name)
@@ -504,7 +497,7 @@ and sees the others' cursors as they type.
 async def test_screenshot_of_the_editor_with_two_people(
     browser: Browser,
     frontend_dist: Path,
-    server: RunningServer,
+    server: InProcessServer,
     make_client: ClientFactory,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -8,12 +8,13 @@ from pycrdt import Text
 from collab import connect
 from collab.client import ConnectionClosed, Session
 from collab.closecodes import CloseCode
-from tests.conftest import ClientFactory, RunningServer
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory
 from tests.helpers import text_of
 
 
 async def test_connect_yields_a_synced_document(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     seed = await make_client("notes")
     seed.doc.get("text", type=Text).insert(0, "already here")
@@ -24,7 +25,7 @@ async def test_connect_yields_a_synced_document(
 
 
 async def test_client_reconnects_after_restart_and_resyncs_both_ways(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     a = await make_client()
     b = await make_client()
@@ -42,7 +43,7 @@ async def test_client_reconnects_after_restart_and_resyncs_both_ways(
     assert a.connects >= 2
 
 
-async def test_client_gives_up_when_the_handshake_is_refused(server: RunningServer) -> None:
+async def test_client_gives_up_when_the_handshake_is_refused(server: InProcessServer) -> None:
     session = Session(server.ws_url, "x" * 513, min_backoff=0.01)
     await session.start()
     with pytest.raises(ConnectionClosed) as info:
@@ -52,7 +53,7 @@ async def test_client_gives_up_when_the_handshake_is_refused(server: RunningServ
     await session.close()
 
 
-async def test_protocol_error_from_us_is_reported_not_retried(server: RunningServer) -> None:
+async def test_protocol_error_from_us_is_reported_not_retried(server: InProcessServer) -> None:
     session = Session(server.ws_url, "doc", min_backoff=0.01)
     await session.start()
     await session.wait_synced()

@@ -8,14 +8,15 @@ from pathlib import Path
 
 from pycrdt import Text
 
-from tests.conftest import ClientFactory, RunningServer
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory
 from tests.helpers import text_of
 
 BOT = Path(__file__).parent.parent / "scripts" / "example_bot.py"
 
 
 async def test_example_bot_appends_lines_and_answers_commands(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     reader = await make_client("notes")
     proc = await asyncio.create_subprocess_exec(

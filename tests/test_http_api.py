@@ -12,7 +12,8 @@ from pycrdt import Array, Doc, Map, Text
 from collab.client import ConnectionClosed
 from collab.closecodes import CloseCode
 from collab.keys import MANAGER
-from tests.conftest import ClientFactory, RunningServer
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory
 from tests.helpers import eventually, text_of
 
 
@@ -22,14 +23,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-def api(server: RunningServer, name: str, suffix: str = "") -> str:
+def api(server: InProcessServer, name: str, suffix: str = "") -> str:
     from urllib.parse import quote
 
     return f"{server.http_url}/api/docs/{quote(name, safe='')}{suffix}"
 
 
 async def test_list_shows_size_updates_time_and_live_connections(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     a = await make_client("listed")
     a.doc.get("text", type=Text).insert(0, "hello")
@@ -46,7 +47,7 @@ async def test_list_shows_size_updates_time_and_live_connections(
 
 
 async def test_get_document_returns_each_root_as_json(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     a = await make_client("content")
     a.doc.get("text", type=Text).insert(0, "body")
@@ -62,7 +63,9 @@ async def test_get_document_returns_each_root_as_json(
     await eventually(content)
 
 
-async def test_unknown_document_is_404(server: RunningServer, http: aiohttp.ClientSession) -> None:
+async def test_unknown_document_is_404(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
     for suffix in ("", "/update"):
         async with http.get(api(server, "never", suffix)) as resp:
             assert resp.status == 404
@@ -71,7 +74,7 @@ async def test_unknown_document_is_404(server: RunningServer, http: aiohttp.Clie
 
 
 async def test_update_export_is_full_state_or_diff_against_sv(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     a = await make_client("export")
     text = a.doc.get("text", type=Text)
@@ -102,7 +105,7 @@ async def test_update_export_is_full_state_or_diff_against_sv(
 
 
 async def test_posted_update_reaches_live_editors_and_returns_state_vector(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     editor = await make_client("posted")
     source = Doc()
@@ -115,7 +118,7 @@ async def test_posted_update_reaches_live_editors_and_returns_state_vector(
 
 
 async def test_posted_update_to_closed_document_is_stored(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     source = Doc()
     source.get("text", type=Text).insert(0, "no editors")
@@ -127,7 +130,7 @@ async def test_posted_update_to_closed_document_is_stored(
 
 @pytest.mark.parametrize("body", [b"", b"\x01\x02garbage", b"\xff" * 10])
 async def test_bad_update_body_is_400_and_changes_nothing(
-    body: bytes, server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    body: bytes, server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     editor = await make_client("guarded")
     editor.doc.get("text", type=Text).insert(0, "intact")
@@ -140,7 +143,7 @@ async def test_bad_update_body_is_400_and_changes_nothing(
 
 
 async def test_bad_state_vector_is_400(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     await make_client("sv")
     async with http.get(api(server, "sv", "/update"), params={"sv": "not base64!"}) as resp:
@@ -148,7 +151,7 @@ async def test_bad_state_vector_is_400(
 
 
 async def test_delete_closes_editors_with_4404_and_forgets_the_document(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     editor = await make_client("doomed")
     editor.doc.get("text", type=Text).insert(0, "bye")

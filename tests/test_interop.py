@@ -16,10 +16,10 @@ from pycrdt import Text
 
 from collab.auth import issue_token
 from collab.keys import MANAGER
-from tests.conftest import ClientFactory, RunningServer, ServerFactory
+from collab.testing.server import InProcessServer, ServerProcess
+from tests.conftest import ClientFactory, ServerFactory
 from tests.helpers import eventually, random_marker_edits, text_of
 from tests.jsclient import JsClient, JsClientFactory, utf16_len
-from tests.processes import ServerProcess, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,7 +176,7 @@ async def test_js_awareness_reaches_python_and_is_removed_when_js_client_exits(
 
 
 async def test_js_client_offline_edits_reach_server_after_reconnect(
-    server: RunningServer, make_client: ClientFactory, make_js_client: JsClientFactory
+    server: InProcessServer, make_client: ClientFactory, make_js_client: JsClientFactory
 ) -> None:
     py = await make_client("interop-offline")
     js = await make_js_client("interop-offline")
@@ -216,9 +216,9 @@ async def test_js_edits_survive_a_sigkilled_sqlite_server(
         # The writer must not re-send its copy: only the store may restore it.
         await writer.kill()
     finally:
-        if server.proc is not None and server.proc.returncode is None:
+        if server.running:
             await server.kill()
-    async with running("--store", store, port=server.port) as again:
+    async with ServerProcess("--store", store, port=server.port) as again:
         reader = await make_js_client("persisted", url=again.ws_url)
         assert reader.initial_text == expected
 

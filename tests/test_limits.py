@@ -12,7 +12,8 @@ from collab import protocol
 from collab.client import ConnectionClosed, Session
 from collab.closecodes import CloseCode
 from collab.keys import MANAGER
-from tests.conftest import ClientFactory, RunningServer, ServerFactory
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory, ServerFactory
 from tests.helpers import logged, text_of
 
 
@@ -128,7 +129,7 @@ async def test_sending_more_bytes_than_the_byte_rate_is_closed_with_4429(
 
 
 async def test_ordinary_typing_stays_under_the_default_rates(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     a = await make_client()
     b = await make_client()

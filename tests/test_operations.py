@@ -13,7 +13,8 @@ import pytest
 from pycrdt import Text
 
 from collab.logs import JsonFormatter
-from tests.conftest import ClientFactory, RunningServer, free_port
+from collab.testing.server import InProcessServer, free_port
+from tests.conftest import ClientFactory
 from tests.helpers import eventually, text_of
 
 
@@ -29,7 +30,7 @@ def sample(metrics: str, name: str, labels: str = "") -> float:
     return float(match.group(1))
 
 
-async def scrape(http: aiohttp.ClientSession, server: RunningServer) -> str:
+async def scrape(http: aiohttp.ClientSession, server: InProcessServer) -> str:
     async with http.get(f"{server.http_url}/metrics") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/plain"
@@ -37,7 +38,7 @@ async def scrape(http: aiohttp.ClientSession, server: RunningServer) -> str:
 
 
 async def test_metrics_move_with_traffic(
-    server: RunningServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     before = await scrape(http, server)
     assert sample(before, "collab_connections") == 0
@@ -72,7 +73,7 @@ async def test_metrics_move_with_traffic(
 
 
 async def test_healthz_and_readyz_report_the_store(
-    server: RunningServer, http: aiohttp.ClientSession
+    server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     async with http.get(f"{server.http_url}/healthz") as resp:
         body = await resp.json()

@@ -13,8 +13,8 @@ from pycrdt import Text
 
 from collab.client import ConnectionClosed, Session
 from collab.closecodes import CloseCode
+from collab.testing.server import ServerProcess
 from tests.helpers import converged, text_of
-from tests.processes import ServerProcess, running
 
 
 async def write_lines(url: str, name: str, writers: int, lines: int) -> str:
@@ -63,9 +63,9 @@ async def test_every_edit_survives_a_restart(tmp_path: Path, sig: int) -> None:
         await asyncio.sleep(1.0)  # the issue's scenario: killed one second after the last edit
         await server.stop(sig)
     finally:
-        if server.proc and server.proc.returncode is None:
+        if server.running:
             await server.kill()
-    async with running("--store", store, port=server.port) as again:
+    async with ServerProcess("--store", store, port=server.port) as again:
         text = await read_text(again.ws_url, "notes")
     assert text == written
     assert set(text.split()) == expected_lines(4, 50)
@@ -81,12 +81,12 @@ async def test_edits_survive_sigkill_with_compaction_in_between(tmp_path: Path) 
         await asyncio.sleep(1.0)
         await server.kill()
     finally:
-        if server.proc and server.proc.returncode is None:
+        if server.running:
             await server.kill()
     with sqlite3.connect(tmp_path / "collab.db") as db:
         (snapshots,) = db.execute("SELECT count(*) FROM collab_snapshots").fetchone()
     assert snapshots == 1, "the log should have been compacted at least once"
-    async with running(*args, port=server.port) as again:
+    async with ServerProcess(*args, port=server.port) as again:
         text = await read_text(again.ws_url, "big")
     assert text == written
     assert set(text.split()) == expected_lines(3, 200)
@@ -105,14 +105,14 @@ async def test_sigterm_closes_clients_with_1001_and_they_reconnect(tmp_path: Pat
         assert await server.stop(signal.SIGTERM) == 0
         await session.wait_for(lambda: not session.synced.is_set())
         assert session.close_code == CloseCode.GOING_AWAY
-        async with running("--store", store, port=server.port) as again:
+        async with ServerProcess("--store", store, port=server.port) as again:
             await session.wait_synced(10)
             session.doc.get("text", type=Text).insert(0, "after restart, ")
             await session.drain()
             assert await read_text_eventually(again.ws_url, "doc", "after restart, before restart")
     finally:
         await session.close()
-        if server.proc and server.proc.returncode is None:
+        if server.running:
             await server.kill()
 
 
@@ -131,22 +131,21 @@ async def test_unwritable_data_folder_stops_startup_naming_the_path(tmp_path: Pa
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the data folder should be")
     server = ServerProcess("--store", f"sqlite:///{blocker}/sub/collab.db")
-    with pytest.raises(RuntimeError, match="exited at start"):
+    with pytest.raises(RuntimeError, match="exited with 1 at start"):
         await server.start()
-    assert server.proc is not None and await server.proc.wait() == 1
     errors = [line for line in server.log if "ERROR" in line]
     assert len(errors) == 1 and str(blocker) in errors[0]
 
 
 async def test_corrupt_row_refuses_only_that_document(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path}/collab.db"
-    async with running("--store", store) as server:
+    async with ServerProcess("--store", store) as server:
         await write_lines(server.ws_url, "good", writers=1, lines=3)
         await write_lines(server.ws_url, "bad", writers=1, lines=3)
         await server.stop()
     with sqlite3.connect(tmp_path / "collab.db") as db:
         db.execute("UPDATE collab_updates SET data = x'deadbeef' WHERE name = 'bad'")
-    async with running("--store", store) as server:
+    async with ServerProcess("--store", store) as server:
         broken = Session(server.ws_url, "bad", reconnect=False)
         await broken.start()
         with pytest.raises(ConnectionClosed):

@@ -12,7 +12,8 @@ import aiohttp
 from pycrdt import Awareness, Doc
 
 from collab import protocol
-from tests.conftest import ClientFactory, RunningServer
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory
 
 
 def presence_frame(user: str) -> tuple[int, bytes]:
@@ -23,7 +24,7 @@ def presence_frame(user: str) -> tuple[int, bytes]:
 
 
 async def test_presence_echoed_by_another_tab_still_leaves_with_its_own_socket(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     watcher = await make_client()
     tab_id, tab_frame = presence_frame("tab")
@@ -45,7 +46,7 @@ async def test_presence_echoed_by_another_tab_still_leaves_with_its_own_socket(
         await watcher.wait_for(lambda: echoer_id not in watcher.awareness.states, timeout=5)
 
 
-async def test_echoed_presence_is_not_relayed_again(server: RunningServer) -> None:
+async def test_echoed_presence_is_not_relayed_again(server: InProcessServer) -> None:
     tab_id, tab_frame = presence_frame("tab")
     marker_id, marker = presence_frame("marker")
     async with aiohttp.ClientSession() as http:

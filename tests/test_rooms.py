@@ -9,7 +9,8 @@ from pycrdt import Doc, Text
 from collab.connection import Connection
 from collab.rooms import RoomManager
 from collab.store import MemoryStore
-from tests.conftest import ClientFactory, RunningServer
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory
 from tests.fakes import MemoryChannel
 from tests.helpers import eventually, text_of
 
@@ -85,7 +86,7 @@ async def test_joining_during_grace_keeps_the_room() -> None:
 
 
 async def test_simultaneous_first_clients_are_both_served(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     a, b = await asyncio.gather(make_client("fresh"), make_client("fresh"))
     a.doc.get("text", type=Text).insert(0, "x")

@@ -12,10 +12,10 @@ import pytest
 from pycrdt import Text
 
 from collab.client import Session
+from collab.testing.server import ServerProcess
 from tests.conftest import RedisServer
 from tests.helpers import converged, eventually, text_of
 from tests.jsclient import JsClientFactory
-from tests.processes import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +38,7 @@ class Cluster:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
-        running = [s for s in self.servers if s.proc is not None and s.proc.returncode is None]
+        running = [s for s in self.servers if s.running]
         await asyncio.gather(*(s.stop(timeout=10) for s in running))
 
     def urls(self, first: int) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from collab.static import ASSET_CACHE, HTML_CACHE, setup_frontend
-from tests.conftest import RunningServer, free_port
+from collab.testing.server import InProcessServer, free_port
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ async def test_without_a_build_every_page_says_how_to_build_it(
 
 
 async def test_the_editor_routes_shadow_no_api_websocket_or_health_route(
-    server: RunningServer, http: aiohttp.ClientSession
+    server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     async with http.get(server.http_url + "/healthz") as response:
         assert (await response.json())["status"] == "ok"

@@ -12,7 +12,8 @@ from pycrdt import Awareness, Doc, Text
 from collab import protocol
 from collab.closecodes import CloseCode
 from collab.keys import MANAGER
-from tests.conftest import ClientFactory, RunningServer, ServerFactory
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory, ServerFactory
 from tests.helpers import converged, eventually, logged, text_of
 
 
@@ -23,7 +24,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def raw_socket(
-    http: aiohttp.ClientSession, server: RunningServer, name: str = "doc"
+    http: aiohttp.ClientSession, server: InProcessServer, name: str = "doc"
 ) -> aiohttp.ClientWebSocketResponse:
     """A bare WebSocket, past the server's opening step 1."""
     ws = await http.ws_connect(f"{server.ws_url}/{name}")
@@ -55,7 +56,7 @@ async def test_late_joiner_receives_full_state(make_client: ClientFactory) -> No
 
 
 async def test_offline_edits_reach_the_room_through_servers_step1(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     first = await make_client()
     first.doc.get("text", type=Text).insert(0, "shared ")
@@ -71,7 +72,7 @@ async def test_offline_edits_reach_the_room_through_servers_step1(
 
 
 async def test_document_names_are_url_decoded_keys(
-    server: RunningServer, make_client: ClientFactory
+    server: InProcessServer, make_client: ClientFactory
 ) -> None:
     name = "team/notes ü?#%2F..\\x"
     a = await make_client(name)
@@ -83,7 +84,7 @@ async def test_document_names_are_url_decoded_keys(
 
 
 async def test_document_name_over_512_characters_is_refused_before_upgrade(
-    server: RunningServer, http: aiohttp.ClientSession
+    server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await http.ws_connect(f"{server.ws_url}/{'x' * 513}")
@@ -103,7 +104,7 @@ async def test_presence_appears_and_is_removed_on_disconnect(make_client: Client
 
 
 async def test_presence_of_a_dropped_socket_is_removed_without_a_goodbye(
-    server: RunningServer, http: aiohttp.ClientSession, make_client: ClientFactory
+    server: InProcessServer, http: aiohttp.ClientSession, make_client: ClientFactory
 ) -> None:
     watcher = await make_client()
     ws = await raw_socket(http, server)
@@ -157,7 +158,7 @@ BAD_FRAMES = {
 @pytest.mark.parametrize("case", sorted(BAD_FRAMES))
 async def test_bad_frame_closes_only_that_socket_and_leaves_document_unchanged(
     case: str,
-    server: RunningServer,
+    server: InProcessServer,
     http: aiohttp.ClientSession,
     make_client: ClientFactory,
     caplog: pytest.LogCaptureFixture,
@@ -183,7 +184,7 @@ async def test_bad_frame_closes_only_that_socket_and_leaves_document_unchanged(
 
 
 async def test_text_frame_closes_with_1003(
-    server: RunningServer, http: aiohttp.ClientSession, make_client: ClientFactory
+    server: InProcessServer, http: aiohttp.ClientSession, make_client: ClientFactory
 ) -> None:
     a = await make_client()
     ws = await raw_socket(http, server)

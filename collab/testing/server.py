@@ -14,8 +14,9 @@ import contextlib
 import signal
 import socket
 import sys
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -52,7 +53,7 @@ class InProcessServer:
         defaults.update(settings)
         defaults.setdefault("port", free_port())
         self.settings = Settings(**defaults)
-        self.app: web.Application | None = None
+        self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._restarting = asyncio.Lock()
         self.restarts = 0
@@ -73,11 +74,18 @@ class InProcessServer:
     def running(self) -> bool:
         return self._runner is not None
 
+    @property
+    def app(self) -> web.Application:
+        """The running application (its room manager, store, metrics)."""
+        if self._app is None:
+            raise RuntimeError("the server has not been started")
+        return self._app
+
     async def start(self) -> InProcessServer:
         from collab.app import create_app
 
-        self.app = create_app(self.settings)
-        runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=5)
+        self._app = create_app(self.settings)
+        runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
             await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
@@ -108,16 +116,35 @@ class InProcessServer:
 
 
 class ServerProcess:
-    """``python -m collab serve`` as a child process; ``restart(hard=True)`` is a SIGKILL."""
+    """``python -m collab serve`` as a child process; ``restart(hard=True)`` is a SIGKILL.
+
+    Its log goes to ``log_path`` when given, else its last lines are kept in
+    ``log`` (and quoted when it fails to start).  Every started process is
+    remembered until it exits: ``kill_leftovers()`` ends what a failed or
+    timed-out test left behind.
+    """
+
+    alive: ClassVar[set[ServerProcess]] = set()
 
     def __init__(self, *args: str, port: int | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.args = list(args)
         self.log_path = log_path
+        #: The last lines the server logged (when there is no ``log_path``).
+        self.log: deque[str] = deque(maxlen=1000)
         self.restarts = 0
         self._proc: asyncio.subprocess.Process | None = None
         self._log: Any = None
+        self._reader: asyncio.Task[None] | None = None
         self._restarting = asyncio.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def ws_url(self) -> str:
@@ -142,15 +169,19 @@ class ServerProcess:
             *self.args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log or asyncio.subprocess.DEVNULL,
-            stderr=self._log or asyncio.subprocess.DEVNULL,
+            stderr=self._log or asyncio.subprocess.PIPE,
         )
+        ServerProcess.alive.add(self)
+        if self._log is None:
+            self._reader = asyncio.get_running_loop().create_task(self._keep_log(self._proc))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             if self._proc.returncode is not None:
+                await self._log_read()
                 raise RuntimeError(
                     f"collab serve exited with {self._proc.returncode} at start"
-                    + (f"; see {self.log_path}" if self.log_path else "")
+                    + (f"; see {self.log_path}" if self.log_path else ":\n" + "\n".join(self.log))
                 )
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -165,6 +196,17 @@ class ServerProcess:
                 await writer.wait_closed()
             return self
 
+    async def _keep_log(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            self.log.append(raw.decode(errors="replace").rstrip())
+
+    async def _log_read(self) -> None:
+        """Wait (briefly) until the log of an exited process has been read to its end."""
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader), 2)
+
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Send ``sig`` and wait for the process to exit; returns its exit code."""
         proc, self._proc = self._proc, None
@@ -174,10 +216,26 @@ class ServerProcess:
             proc.send_signal(sig)
         try:
             async with asyncio.timeout(timeout):
-                return await proc.wait()
+                code = await proc.wait()
         except TimeoutError:
             proc.kill()
-            return await proc.wait()
+            code = await proc.wait()
+        ServerProcess.alive.discard(self)
+        await self._log_read()
+        return code
+
+    async def kill(self) -> int | None:
+        """SIGKILL, like a crash."""
+        return await self.stop(signal.SIGKILL)
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        """SIGKILL every server process started here and not stopped (test teardown)."""
+        for server in list(cls.alive):
+            if server._proc is not None and server._proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    server._proc.kill()
+        cls.alive.clear()
 
     async def restart(self, *, hard: bool = True) -> None:
         """Kill (SIGKILL when ``hard``, else SIGTERM) and start again on the same port."""
