@@ -7,8 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Settings
@@ -201,7 +202,12 @@ def _serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_format)
 
     try:
-        asyncio.run(_run_server(settings))
+        run = _event_loop_runner(settings.event_loop)
+    except ImportError:
+        logging.getLogger("collab").error("--event-loop uvloop: uvloop is not installed")
+        return 2
+    try:
+        run(_run_server(settings))
     except StoreError as exc:  # data folder not writable, database unreachable...
         logging.getLogger("collab").error("cannot open the store: %s", exc)
         return 1
@@ -214,6 +220,19 @@ def _serve(settings: Settings) -> int:
         )
         return 1
     return 0
+
+
+def _event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """``asyncio.run`` or ``uvloop.run``: ImportError when uvloop is asked for and missing."""
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.run
+    return uvloop.run
 
 
 async def _run_server(settings: Settings) -> None:
@@ -232,13 +251,14 @@ async def _run_server(settings: Settings) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info(
-            "collab %s serving http://%s:%d (WebSocket ws://%s:%d/ws/{doc}, store %s)",
+            "collab %s serving http://%s:%d (WebSocket ws://%s:%d/ws/{doc}, store %s, %s)",
             __version__,
             settings.host,
             settings.port,
             settings.host,
             settings.port,
             redacted(settings.store),
+            "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
         )
         await stop.wait()
         log.info("shutting down: closing connections with 1001 and flushing the store")

@@ -15,7 +15,8 @@ import pytest
 from collab import protocol
 from collab.closecodes import CloseCode
 from collab.config import Settings
-from tests.conftest import free_port
+from collab.testing.server import free_port
+from tests.helpers import eventually
 
 
 def test_serve_help_lists_every_setting_with_its_variable_and_default() -> None:
@@ -92,3 +93,27 @@ async def test_sigterm_closes_sockets_with_1001_and_exits_zero() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_serve_runs_on_the_chosen_event_loop(event_loop: str) -> None:
+    from pycrdt import Text
+
+    from collab.client import Session
+    from collab.testing.server import ServerProcess
+
+    async with ServerProcess(
+        "--store", "memory://", "--event-loop", event_loop, "--log-level", "info"
+    ) as server:
+        await eventually(
+            lambda: any(f", {event_loop})" in line for line in server.log if "serving" in line)
+        )
+        writer = Session(server.ws_url, "doc")
+        await writer.start()
+        await writer.wait_synced(5)
+        writer.doc.get("text", type=Text).insert(0, f"on {event_loop}")
+        late = Session(server.ws_url, "doc")
+        await late.start()
+        await late.wait_for(lambda: str(late.doc.get("text", type=Text)) == f"on {event_loop}")
+        await writer.close()
+        await late.close()
