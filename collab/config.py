@@ -109,7 +109,8 @@ class Settings:
     )
     heartbeat: float = _setting(
         30.0,
-        "seconds between WebSocket pings; a peer that misses one is dropped",
+        "seconds of silence after which a connection is pinged; one that does not "
+        "answer within half of that is dropped (0 turns pings off)",
         metavar="SECONDS",
     )
     event_loop: str = _setting(

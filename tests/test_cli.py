@@ -11,11 +11,13 @@ import sys
 
 import aiohttp
 import pytest
+from pycrdt import Text
 
 from collab import protocol
+from collab.client import Session
 from collab.closecodes import CloseCode
 from collab.config import Settings
-from collab.testing.server import free_port
+from collab.testing.server import ServerProcess
 from tests.helpers import eventually
 
 
@@ -63,45 +65,19 @@ def test_repeatable_settings_come_from_flags_or_a_comma_list() -> None:
 
 
 async def test_sigterm_closes_sockets_with_1001_and_exits_zero() -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "collab",
-        "serve",
-        "--port",
-        str(port),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        async with asyncio.timeout(20):
-            while b"serving" not in await proc.stderr.readline():
-                pass
-        async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(f"ws://127.0.0.1:{port}/ws/doc")
-            assert isinstance(
-                protocol.decode(await ws.receive_bytes(timeout=5)), protocol.SyncStep1
-            )
-            proc.send_signal(signal.SIGTERM)
-            msg = await ws.receive(timeout=10)
-            assert msg.type is aiohttp.WSMsgType.CLOSE
-            assert ws.close_code == CloseCode.GOING_AWAY
-        async with asyncio.timeout(15):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with ServerProcess("--store", "memory://") as server, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.ws_url}/doc")
+        first = protocol.decode(await ws.receive_bytes(timeout=5))
+        assert isinstance(first, protocol.SyncStep1)
+        stopping = asyncio.create_task(server.stop(signal.SIGTERM))
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == CloseCode.GOING_AWAY
+        assert await stopping == 0
 
 
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 async def test_serve_runs_on_the_chosen_event_loop(event_loop: str) -> None:
-    from pycrdt import Text
-
-    from collab.client import Session
-    from collab.testing.server import ServerProcess
-
     async with ServerProcess(
         "--store", "memory://", "--event-loop", event_loop, "--log-level", "info"
     ) as server:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -13,7 +11,7 @@ import pytest
 from pycrdt import Text
 
 from collab.logs import JsonFormatter
-from collab.testing.server import InProcessServer, free_port
+from collab.testing.server import InProcessServer, ServerProcess
 from tests.conftest import ClientFactory
 from tests.helpers import eventually, text_of
 
@@ -98,34 +96,13 @@ def test_json_log_lines_carry_structured_fields() -> None:
     )
 
 
-async def test_serve_with_json_logs_writes_one_object_per_line(tmp_path: object) -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "collab",
-        "serve",
-        "--port",
-        str(port),
-        "--store",
-        "memory://",
-        "--log-format",
-        "json",
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    lines: list[dict[str, object]] = []
-    try:
-        async with asyncio.timeout(20):
-            while not any("serving" in str(line.get("message")) for line in lines):
-                lines.append(json.loads(await proc.stderr.readline()))
-            async with aiohttp.ClientSession() as http:
-                ws = await http.ws_connect(f"ws://127.0.0.1:{port}/ws/logged")
-                await ws.close()
-            while not any(line.get("event") == "close" for line in lines):
-                lines.append(json.loads(await proc.stderr.readline()))
-    finally:
-        proc.terminate()
-        await proc.wait()
+async def test_serve_with_json_logs_writes_one_object_per_line() -> None:
+    async with ServerProcess("--store", "memory://", "--log-format", "json") as server:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"{server.ws_url}/logged")
+            await ws.close()
+        await eventually(lambda: any('"event": "close"' in line for line in server.log))
+    lines = [json.loads(line) for line in server.log]  # every line is one JSON object
+    assert any("serving" in str(line.get("message")) for line in lines)
     close = next(line for line in lines if line.get("event") == "close")
     assert close["doc"] == "logged" and close["code"] == 1000 and "peer" in close
