@@ -275,6 +275,8 @@ class Connection:
             return
         if self._pinged_at is not None:
             if now - self._pinged_at >= interval / 2:
+                # A half-open socket would never complete a closing handshake.
+                self._channel.abort()
                 self.close(CloseCode.GOING_AWAY, "no pong: peer unresponsive", abnormal=True)
         elif now - self.last_seen >= interval:
             self._pinged_at = now
@@ -398,8 +400,8 @@ class Connection:
     def close(self, code: int, reason: str = "", *, abnormal: bool = False) -> None:
         """Close the socket with ``code`` and log why; later calls do nothing.
 
-        ``abnormal`` means the socket is gone or the peer unresponsive: it
-        is dropped without a closing handshake.
+        ``abnormal`` means the socket is already gone (or closed by aiohttp
+        itself), so there is nothing left to send.
         """
         if self.closed:
             return
@@ -416,9 +418,7 @@ class Connection:
             writer.cancel()
             with contextlib.suppress(BaseException):
                 await writer
-        if abnormal:
-            self._channel.abort()
-        else:
+        if not abnormal:
             with contextlib.suppress(Exception):
                 await self._channel.close(code, reason)
         self._finished = True
