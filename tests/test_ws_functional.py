@@ -282,4 +282,21 @@ async def test_permessage_deflate_is_accepted_only_when_enabled(
     await ws.send_bytes(protocol.sync_step1(b"\x00"))
     reply = protocol.decode(await ws.receive_bytes(timeout=5))
     assert isinstance(reply, protocol.SyncStep2)
+    # A big edit (compressed in a worker thread by aiohttp when on) reaches another socket.
+    other = await http.ws_connect(f"{server.ws_url}/doc", compress=15)
+    await other.receive_bytes(timeout=5)
+    doc: Doc = Doc()
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    doc.get("text", type=Text).insert(0, "x" * 300_000)
+    await ws.send_bytes(protocol.sync_update(updates[0]))
+    async with asyncio.timeout(5):
+        while True:
+            message = protocol.decode(await other.receive_bytes())
+            if isinstance(message, protocol.SyncUpdate):
+                break
+    seen: Doc = Doc()
+    seen.apply_update(message.update)
+    assert str(seen.get("text", type=Text)) == "x" * 300_000
+    await other.close()
     await ws.close()
