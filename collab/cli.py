@@ -206,6 +206,9 @@ def _serve(settings: Settings) -> int:
     except ImportError:
         logging.getLogger("collab").error("--event-loop uvloop: uvloop is not installed")
         return 2
+    from .memory import tune_gc
+
+    tune_gc()
     try:
         run(_run_server(settings))
     except StoreError as exc:  # data folder not writable, database unreachable...

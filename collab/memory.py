@@ -51,6 +51,25 @@ def release() -> float:
     return time.perf_counter() - start
 
 
+#: Allocations between young collections (CPython's default is 700), and how
+#: many young collections make an older one.  A server holds ~100 objects per
+#: connection: with the defaults, 10,000 connections meant a collection every
+#: few connects and full ones over a growing heap (each pausing the loop for
+#: up to half a second).  In the bench this cut S6's connect time from 4.3 to
+#: 3.0 s and raised S1 from 1.55M to 1.94M deliveries/s, at the same RSS.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Collect less often, and never walk the objects that exist at startup.
+
+    For ``collab serve`` (called once, after the imports), not for programs
+    that merely import collab: the thresholds are process-wide.
+    """
+    gc.freeze()  # modules, classes, settings: they live as long as the process
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 class MemoryReleaser:
     """Calls ``release()`` once a wave of room unloads is over."""
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 
 from collab.connection import Connection
 from collab.memory import MemoryReleaser, release
@@ -62,3 +64,12 @@ async def test_rooms_unloading_after_their_last_client_left_release_memory() -> 
     await eventually(lambda: not manager.rooms)
     await eventually(lambda: manager.memory.releases == 1)
     await manager.close()
+
+
+def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
+    script = (
+        "import gc; from collab.memory import tune_gc, GC_THRESHOLDS; tune_gc(); "
+        "assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold(); "
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)  # process-wide: not in ours
