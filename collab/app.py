@@ -12,13 +12,13 @@ from . import __version__
 from .closecodes import CloseCode
 from .config import Settings
 from .http_api import routes as api_routes
-from .keys import BROKER, MANAGER, METRICS, SETTINGS, STORE, BrokerSlot
+from .keys import BROKER, MANAGER, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS, STORE, BrokerSlot
 from .metrics import CONTENT_TYPE, Metrics
 from .pubsub import Broker, open_broker
 from .rooms import RoomManager
 from .static import setup_frontend
 from .store import Store, open_store
-from .ws import websocket_handler
+from .ws import connection_limits, websocket_handler
 
 log = logging.getLogger("collab.app")
 
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_message_size)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[SEND_LIMITS], app[RATE_LIMITS] = connection_limits(settings)
     app.cleanup_ctx.append(_rooms_ctx)
     app.on_shutdown.append(_going_away)
     app.router.add_get("/ws/{doc:.+}", websocket_handler)

@@ -250,8 +250,8 @@ class Connection:
         """Count an incoming frame; False when it breaks the rate limit."""
         self._traffic.messages_in += 1
         self._traffic.bytes_in += size
-        now = self._loop.time()
-        self.alive(now)
+        now = self.last_seen = self._loop.time()
+        self._pinged_at = None  # any message answers a ping
         if self._rate_messages is None or self._rate_bytes is None:
             return True
         return self._rate_messages.take(1, now) and self._rate_bytes.take(size, now)
@@ -316,7 +316,7 @@ class Connection:
         if len(queue) >= self._limits.queue_limit:
             self._check_stalled()
             if not self.closed:
-                self._collapse()
+                self._collapse(queue)
 
     def _send_now(self, frame: bytes) -> None:
         """Write ``frame`` without a task; start one only if the socket pushes back."""
@@ -370,9 +370,8 @@ class Connection:
                 f"socket accepted nothing for {self._limits.stall_timeout:g}s",
             )
 
-    def _collapse(self) -> None:
+    def _collapse(self, queue: deque[_Item]) -> None:
         """Merge queued updates and awareness so the backlog stops growing."""
-        queue = self._queue or deque()
         updates = [i.payload for i in queue if i.kind is _Kind.UPDATE]
         awareness = [i.payload for i in queue if i.kind is _Kind.AWARENESS]
         items = [i for i in queue if i.kind is _Kind.OTHER]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .config import Settings
+from .connection import RateLimits, SendLimits
 from .metrics import Metrics
 from .pubsub import Broker
 from .rooms import RoomManager
@@ -16,6 +17,9 @@ SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 MANAGER = web.AppKey("manager", RoomManager)
 METRICS = web.AppKey("metrics", Metrics)
+#: One pair of limit objects per server, shared by all its connections.
+SEND_LIMITS = web.AppKey("send_limits", SendLimits)
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
 
 
 @dataclass(frozen=True, slots=True)

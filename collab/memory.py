@@ -77,7 +77,7 @@ class MemoryReleaser:
         self._settle = settle
         self._unloaded = 0
         self._handle: asyncio.TimerHandle | None = None
-        #: How many releases ran (for tests and metrics).
+        #: How many releases ran (tests watch it).
         self.releases = 0
 
     def unloaded(self, rooms_open: int) -> None:

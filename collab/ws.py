@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 
 from aiohttp import WSMsgType, web
@@ -13,7 +12,7 @@ from .auth import AuthError, authorize, check_origin
 from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection, RateLimits, SendLimits
-from .keys import MANAGER, METRICS, SETTINGS
+from .keys import MANAGER, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS
 from .metrics import Metrics
 from .protocol import ProtocolError
 from .room import Room
@@ -74,9 +73,8 @@ def peer_of(request: web.Request) -> str:
     return str(request.remote or "?")
 
 
-@functools.lru_cache(maxsize=8)
 def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
-    """One pair of limit objects per server, shared by all its connections."""
+    """The per-connection limits the settings name (built once, by the app)."""
     send = SendLimits(
         queue_limit=settings.queue_limit,
         max_queue_bytes=settings.max_queue_bytes,
@@ -93,8 +91,8 @@ def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     """Check, upgrade, serve, log one close line.
 
-    One coroutine from upgrade to close, reading with ``receive()``: every
-    suspended frame is held by every idle connection, so none is spared.
+    One coroutine from upgrade to close, reading with ``receive()``: each
+    idle connection holds its suspended frames, so there are as few as can be.
     """
     settings = request.app[SETTINGS]
     manager = request.app[MANAGER]
@@ -126,13 +124,12 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         compress=settings.ws_compression,
     )
     await ws.prepare(request)
-    send_limits, rate_limits = connection_limits(settings)
     conn = Connection(
         WebSocketChannel(ws, request.transport),
         doc=name,
         peer=peer,
-        limits=send_limits,
-        rate=rate_limits,
+        limits=request.app[SEND_LIMITS],
+        rate=request.app[RATE_LIMITS],
         traffic=metrics.traffic,
         can_write=grant.can_write,
     )
@@ -147,8 +144,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                 handled += 1
                 if handled % YIELD_EVERY == 0:
                     # Frames already buffered never suspend receive(): without
-                    # this, a burst runs to its end before any writer task
-                    # sends, and every reader merges its growing backlog.
+                    # this, a burst runs to its end before other sockets are
+                    # read and before the room's per-turn flush sends anything.
                     await asyncio.sleep(0)
                 if msg.type is WSMsgType.BINARY:
                     if not conn.received(len(msg.data)):

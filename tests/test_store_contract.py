@@ -772,8 +772,7 @@ def test_open_store_dispatches_on_the_url_scheme(tmp_path: Path) -> None:
     absolute = open_store(f"sqlite:///{tmp_path}/x.db?commit_window=0.5&compact_updates=9")
     assert isinstance(absolute, SQLiteStore) and absolute.path == f"{tmp_path}/x.db"
     assert absolute.commit_window == 0.5 and absolute.compact_updates == 9
-    pytest.importorskip("psycopg")
-    from collab.store.postgres import PostgresStore
+    from collab.store.postgres import PostgresStore  # psycopg is a dev dependency
 
     for url in ("postgresql://u@h:5433/db", "postgres://u@h/db"):
         store = open_store(url, commit_window=0.1)

@@ -143,10 +143,6 @@ class ServerProcess:
         return self._proc is not None and self._proc.returncode is None
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
