@@ -30,6 +30,21 @@ class PeerOrigin:
     """
 
 
+@dataclass(frozen=True, slots=True)
+class ServerOrigin:
+    """Made by the application's own code (``Server.open_document``): broadcast and store.
+
+    ``name`` says which part of the application (``"assistant"``,
+    ``"importer"``); it is the change's author in hooks, webhooks and logs.
+    """
+
+    name: str = "server"
+
+    @property
+    def author(self) -> str:
+        return f"server:{self.name}"
+
+
 STORE = StoreOrigin()
 PEER = PeerOrigin()
 LOCAL = LocalOrigin()
