@@ -26,7 +26,7 @@ import itertools
 import logging
 import types
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +57,8 @@ class Channel(Protocol):
 class _Kind(enum.Enum):
     UPDATE = enum.auto()
     AWARENESS = enum.auto()
+    #: The answer to a sync step 1, encoded when it is sent (payload: the state vector).
+    STEP2 = enum.auto()
     OTHER = enum.auto()
 
 
@@ -65,6 +67,10 @@ class _Item:
     kind: _Kind
     frame: bytes
     payload: bytes = b""
+    answer: Callable[[bytes], bytes] | None = None
+
+    def encoded(self) -> bytes:
+        return self.frame if self.answer is None else self.answer(self.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,18 +308,39 @@ class Connection:
         """Send an awareness frame; ``payload`` lets a backlog be merged."""
         self._enqueue(_Item(_Kind.AWARENESS, frame, payload))
 
+    def send_step2(self, state_vector: bytes, answer: Callable[[bytes], bytes]) -> None:
+        """Answer a sync step 1 with ``answer(state_vector)``, computed when it can be sent.
+
+        At most one answer waits per connection: a later step 1 replaces the
+        state vector of the waiting one (a step 2 holds the whole difference,
+        so the later answer covers the earlier), and a socket that never
+        reads costs one encoding, not one per step 1 (issue #18).
+        """
+        queue = self._queue
+        if queue is not None:
+            for item in queue:
+                if item.kind is _Kind.STEP2:
+                    item.payload = state_vector
+                    return
+        self._enqueue(_Item(_Kind.STEP2, b"", state_vector, answer))
+
     def _enqueue(self, item: _Item) -> None:
         if self.closed:
             return
         if self._writer is None:
-            self._send_now(item.frame)
+            self._send_now(item.encoded())
             return
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
         queue.append(item)
         self._queued_bytes += len(item.frame)
-        if len(queue) >= self._limits.queue_limit:
+        # Bytes are counted at every enqueue: a few huge frames must not
+        # wait for the frame count to be checked.
+        if (
+            len(queue) >= self._limits.queue_limit
+            or self._queued_bytes > self._limits.max_queue_bytes
+        ):
             self._check_stalled()
             if not self.closed:
                 self._collapse(queue)
@@ -350,8 +377,9 @@ class Connection:
                 item = self._queue.popleft()
                 self._queued_bytes -= len(item.frame)
                 self._sending_since = self._loop.time()
-                await self._channel.send(item.frame)
-                self._sent(item.frame)
+                frame = item.encoded()
+                await self._channel.send(frame)
+                self._sent(frame)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send
@@ -374,7 +402,7 @@ class Connection:
         """Merge queued updates and awareness so the backlog stops growing."""
         updates = [i.payload for i in queue if i.kind is _Kind.UPDATE]
         awareness = [i.payload for i in queue if i.kind is _Kind.AWARENESS]
-        items = [i for i in queue if i.kind is _Kind.OTHER]
+        items = [i for i in queue if i.kind is _Kind.OTHER or i.kind is _Kind.STEP2]
         if updates:
             merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
             items.append(_Item(_Kind.UPDATE, protocol.sync_update(merged), merged))

@@ -94,6 +94,32 @@ Message: TypeAlias = (
 #: A varuint longer than this cannot be a length or client id we accept.
 _MAX_VARUINT_BYTES = 10
 
+#: Nesting of JSON (awareness states, embeds, formats) and of values inside a
+#: document, beyond which readers recurse too deep: pycrdt's ``to_py`` raises
+#: RecursionError past ~1,000 levels and yrs's ``to_json`` overflows the stack
+#: (the process dies) past ~100,000.  Real documents nest a few levels.
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AwarenessBounds:
+    """What one awareness frame from a client may hold.
+
+    A real awareness state is a few hundred bytes and a client sends its own
+    (plus, for the stock y-websocket client, an echo of the states it was
+    sent: at most one per person in the room).  The count is read before any
+    entry, so a frame announcing 1.5 M entries costs nothing to refuse.
+    """
+
+    #: Payload bytes; beyond it the socket is closed with 1009.
+    max_bytes: int = 1024 * 1024
+    #: Entries; beyond it the socket is closed with 1008.
+    max_entries: int = 2048
+    #: One state's JSON text; beyond it the socket is closed with 1009.
+    max_state_bytes: int = 64 * 1024
+    #: JSON nesting of one state; beyond it the socket is closed with 1007.
+    max_depth: int = 32
+
 
 @dataclass(frozen=True, slots=True)
 class AwarenessEntry:
@@ -161,8 +187,12 @@ class _Reader:
             )
 
 
-def decode(frame: bytes) -> Message:
-    """Parse one frame into a typed message, or raise ``ProtocolError``."""
+def decode(frame: bytes, *, awareness_bounds: AwarenessBounds | None = None) -> Message:
+    """Parse one frame into a typed message, or raise ``ProtocolError``.
+
+    ``awareness_bounds`` limits what an awareness update may hold (the server
+    passes them for frames from clients; without them only JSON depth is bounded).
+    """
     if not frame:
         raise ProtocolError(CloseCode.PROTOCOL_ERROR, "empty frame")
     reader = _Reader(frame)
@@ -182,7 +212,7 @@ def decode(frame: bytes) -> Message:
     elif kind == MessageType.AWARENESS:
         payload = reader.var_bytes("awareness update")
         # Parsing validates before anyone applies it.
-        message = AwarenessUpdate(payload, tuple(decode_awareness(payload)))
+        message = AwarenessUpdate(payload, tuple(decode_awareness(payload, awareness_bounds)))
     elif kind == MessageType.QUERY_AWARENESS:
         message = QueryAwareness()
     elif kind == MessageType.AUTH:
@@ -196,24 +226,80 @@ def decode(frame: bytes) -> Message:
     return message
 
 
-def decode_awareness(payload: bytes) -> list[AwarenessEntry]:
-    """Parse an awareness update, checking that every state is valid JSON."""
+def decode_awareness(payload: bytes, bounds: AwarenessBounds | None = None) -> list[AwarenessEntry]:
+    """Parse an awareness update, checking that every state is JSON of bounded depth.
+
+    With ``bounds``, an oversized payload or state ends in 1009 and too many
+    entries in 1008, both checked before the entries are parsed.
+    """
+    max_depth = MAX_DEPTH if bounds is None else bounds.max_depth
+    max_state = len(payload) if bounds is None else bounds.max_state_bytes
+    if bounds is not None and len(payload) > bounds.max_bytes:
+        raise ProtocolError(
+            CloseCode.MESSAGE_TOO_BIG,
+            f"awareness update of {len(payload)} bytes (at most {bounds.max_bytes})",
+        )
     reader = _Reader(payload)
     count = reader.var_uint("awareness client count")
+    if bounds is not None and count > bounds.max_entries:
+        raise ProtocolError(
+            CloseCode.POLICY_VIOLATION,
+            f"awareness update of {count} entries (at most {bounds.max_entries})",
+        )
+    # Every entry takes at least three bytes: a count beyond that is a lie.
+    if count * 3 > reader.remaining:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"truncated awareness update of {count}")
     entries = []
     for _ in range(count):
         client_id = reader.var_uint("awareness client id")
         clock = reader.var_uint("awareness clock")
         state = reader.var_string("awareness state")
-        try:
-            json.loads(state)
-        except ValueError:
-            raise ProtocolError(
-                CloseCode.INVALID_DATA, f"awareness state of {client_id} is not JSON"
-            ) from None
+        if state != "null":
+            if len(state) > max_state:
+                raise ProtocolError(
+                    CloseCode.MESSAGE_TOO_BIG,
+                    f"awareness state of {client_id} has {len(state)} characters "
+                    f"(at most {max_state})",
+                )
+            check_json(state, max_depth, f"awareness state of {client_id}")
         entries.append(AwarenessEntry(client_id, clock, state))
     reader.end("awareness update")
     return entries
+
+
+def check_json(text: str, max_depth: int = MAX_DEPTH, what: str = "JSON") -> None:
+    """Raise ``ProtocolError`` (1007) unless ``text`` is JSON nested at most ``max_depth`` deep.
+
+    Counting brackets is a fast upper bound of the depth, so ordinary values
+    are parsed once; only a text with many brackets has its depth measured.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ProtocolError(CloseCode.INVALID_DATA, f"{what} is not JSON") from None
+    except RecursionError:  # about 1,000 levels: far beyond any bound
+        raise ProtocolError(
+            CloseCode.INVALID_DATA, f"{what} is nested deeper than {max_depth} levels"
+        ) from None
+    if text.count("[") + text.count("{") > max_depth and json_depth(value) > max_depth:
+        raise ProtocolError(
+            CloseCode.INVALID_DATA, f"{what} is nested deeper than {max_depth} levels"
+        )
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and dicts nest in ``value`` (0 for a scalar), without recursion."""
+    depth = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (list, tuple)):
+            level += 1
+            depth = max(depth, level)
+            stack.extend((child, level) for child in item if isinstance(child, (list, dict)))
+    return depth
 
 
 def encode_awareness_entries(entries: Iterable[AwarenessEntry]) -> bytes:

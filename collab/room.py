@@ -15,16 +15,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from pycrdt import Awareness, Doc, TransactionEvent, merge_updates
+from pycrdt import Doc, TransactionEvent, get_update, merge_updates
 
 from . import protocol
 from .closecodes import CloseCode
-from .connection import Connection
+from .connection import Connection, TokenBucket
 from .metrics import Metrics
 from .origins import PEER, STORE, LocalOrigin, PeerOrigin, StoreOrigin
-from .protocol import ProtocolError
+from .presence import Owner, Presence
+from .protocol import AwarenessBounds, ProtocolError
 from .pubsub import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
 from .store import Store
 
@@ -37,12 +39,46 @@ FLUSH_MAX_UPDATES = 64
 #: ... or this many bytes.
 FLUSH_MAX_BYTES = 1024 * 1024
 
-#: Awareness client ids one connection can own (a y-websocket client has one);
-#: ids beyond it still apply, and time out instead of leaving with the socket.
+#: Awareness client ids one connection may claim (a y-websocket client has
+#: one); updates for further ids are dropped.
 MAX_OWNED_CLIENTS = 16
 
 #: An empty state vector: the client has nothing yet.
 _EMPTY_STATE_VECTOR = b"\x00"
+
+#: Answers to distinct non-empty state vectors kept until the next change.
+_STEP2_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLimits:
+    """What one connection may make a room do (issue #18): every cost a
+    sender controls has a bound here or in ``AwarenessBounds``."""
+
+    awareness: AwarenessBounds = field(default_factory=AwarenessBounds)
+    max_owned_clients: int = MAX_OWNED_CLIENTS
+    #: Awareness entries a connection may send per second (echoes included:
+    #: the stock client re-sends every change it receives), in bursts of
+    #: two seconds or one full frame; beyond it the socket is closed with 4429.
+    awareness_entries_per_second: float = 2_000.0
+    #: Query-awareness messages answered per second (in bursts of two); more
+    #: are ignored, as the reference y-websocket server ignores them all.
+    queries_per_second: float = 0.5
+    #: Sync step 1 messages per second (in bursts of eight): each may cost an
+    #: encoding of the whole document; beyond it the socket is closed with 4429.
+    step1_per_second: float = 1.0
+
+
+class _Member(Owner):
+    """A connection's record in its room: the presence it owns and its budgets."""
+
+    __slots__ = ("entries", "queries", "steps")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: TokenBucket | None = None
+        self.queries: TokenBucket | None = None
+        self.steps: TokenBucket | None = None
 
 
 class Room:
@@ -60,17 +96,18 @@ class Room:
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
         broker: Broker | None = None,
+        limits: RoomLimits | None = None,
     ) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
-        self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
+        self._limits = limits or _DEFAULT_LIMITS
+        #: Presence; the server is not a participant and has none of its own.
+        self.awareness = Presence(max_owned=self._limits.max_owned_clients)
         self._awareness_timeout_ms = awareness_timeout * 1000
-        # The server is not a participant: it has no presence of its own.
-        self.awareness.set_local_state(None)
-        #: Each connection with the awareness client ids it introduced (a list:
-        #: almost always zero or one, and an empty list is a quarter of an empty set).
-        self.connections: dict[Connection, list[int]] = {}
-        self._awareness_owner: dict[int, Connection] = {}
+        #: Each connection with the presence it owns and its budgets.
+        self.connections: dict[Connection, _Member] = {}
+        #: The frame holding every presence state, while it is current.
+        self._presence_frame: tuple[bytes, bytes] | None = None
         self._store = store
         self._broker = broker
         self._on_empty = on_empty
@@ -84,8 +121,9 @@ class Room:
         self._pending_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._full_step2: bytes | None = None
+        #: Step 2 answers by state vector, shared by connections that send the same one.
+        self._step2s: dict[bytes, bytes] = {}
         self._doc_sub = self.doc.observe(self._on_change)
-        self._awareness_sub = self.awareness.observe(self._on_awareness_change)
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r} connections={len(self.connections)}>"
@@ -104,29 +142,23 @@ class Room:
         else:
             self._pending.clear()
         self.doc.unobserve(self._doc_sub)
-        self.awareness.unobserve(self._awareness_sub)
 
     def join(self, conn: Connection) -> None:
         """Add a connection and open the sync handshake from the server's side."""
-        self.connections[conn] = []
+        self.connections[conn] = _Member()
         # Our step 1 makes the client send what we lack (its offline edits).
         conn.send(protocol.sync_step1(self.doc.get_state()))
         if self.awareness.states:
-            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
-            conn.send_awareness(protocol.awareness(payload), payload)
+            conn.send_awareness(*self._all_presence())
 
     def leave(self, conn: Connection) -> None:
         """Remove a connection and the presence it introduced."""
-        ids = self.connections.pop(conn, None)
-        if ids is None:
+        member = self.connections.pop(conn, None)
+        if member is None:
             return
-        owned = [i for i in ids if self._awareness_owner.get(i) is conn]
-        for client_id in owned:
-            del self._awareness_owner[client_id]
-        gone = [i for i in owned if i in self.awareness.states]
+        gone = self.awareness.remove_owned(member, time.time() * 1000)
         if gone:
-            self.awareness.remove_awareness_states(gone, conn)
-            payload = self.awareness.encode_awareness_update(gone)
+            payload = protocol.encode_awareness_entries(gone)
             self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
             if self._broker is not None:
                 self._broker.publish(self.name, AWARENESS, payload)
@@ -137,9 +169,9 @@ class Room:
 
     def handle(self, conn: Connection, frame: bytes) -> None:
         """Act on one frame from ``conn``; raise ``ProtocolError`` to drop it."""
-        message = protocol.decode(frame)
+        message = protocol.decode(frame, awareness_bounds=self._limits.awareness)
         if isinstance(message, protocol.SyncStep1):
-            conn.send(self._step2_for(message.state_vector))
+            self._answer_step1(conn, message.state_vector)
         elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
             if not conn.can_write:
                 conn.send(protocol.permission_denied("read-only connection"))
@@ -148,8 +180,16 @@ class Room:
         elif isinstance(message, protocol.AwarenessUpdate):
             self._apply_awareness(conn, frame, message)
         elif isinstance(message, protocol.QueryAwareness):
-            payload = self.awareness.encode_awareness_update(list(self.awareness.states))
-            conn.send_awareness(protocol.awareness(payload), payload)
+            member = self.connections.get(conn)
+            if member is not None and self.awareness.states:
+                if member.queries is None:
+                    rate = self._limits.queries_per_second
+                    member.queries = TokenBucket(rate, max(2, 2 * rate), self._loop.time())
+                # Beyond the rate a query is ignored: the answer is a full copy
+                # of everyone's presence, and a client that asks again gets
+                # every change anyway.
+                if member.queries.take(1, self._loop.time()):
+                    conn.send_awareness(*self._all_presence())
         # A PermissionDenied from a client means nothing to the server.
 
     def apply_update(self, update: bytes, origin: Origin) -> None:
@@ -187,52 +227,77 @@ class Room:
                 f"document would exceed {self._max_doc_size} bytes",
             )
 
+    def _answer_step1(self, conn: Connection, state_vector: bytes) -> None:
+        """Queue the answer to a sync step 1, encoded only when it can be sent.
+
+        A connection has at most one answer outstanding (a later step 1
+        replaces it), so a socket that never reads holds one copy of the
+        document at most, and answers that were replaced are never encoded.
+        """
+        member = self.connections.get(conn)
+        if member is None:
+            return
+        now = self._loop.time()
+        if member.steps is None:
+            rate = self._limits.step1_per_second
+            member.steps = TokenBucket(rate, max(8, 2 * rate), now)
+        if not member.steps.take(1, now):
+            raise ProtocolError(CloseCode.RATE_LIMITED, "sync step 1 sent too often")
+        if state_vector != _EMPTY_STATE_VECTOR:
+            try:  # validate now (cheap: no document is encoded), answer later
+                get_update(protocol.EMPTY_UPDATE, state_vector)
+            except Exception as exc:
+                raise ProtocolError(CloseCode.INVALID_DATA, f"bad state vector: {exc}") from None
+        conn.send_step2(state_vector, self._step2_for)
+
     def _step2_for(self, state_vector: bytes) -> bytes:
         if state_vector == _EMPTY_STATE_VECTOR:
             # Many joiners at once share one encoding of the whole document.
             if self._full_step2 is None:
                 self._full_step2 = protocol.sync_step2(self.doc.get_update())
             return self._full_step2
-        try:
-            return protocol.sync_step2(self.doc.get_update(state_vector))
-        except Exception as exc:
-            raise ProtocolError(CloseCode.INVALID_DATA, f"bad state vector: {exc}") from None
+        answer = self._step2s.get(state_vector)
+        if answer is None:
+            answer = protocol.sync_step2(self.doc.get_update(state_vector))
+            if len(self._step2s) >= _STEP2_CACHE_SIZE:
+                del self._step2s[next(iter(self._step2s))]
+            self._step2s[state_vector] = answer
+        return answer
+
+    def _all_presence(self) -> tuple[bytes, bytes]:
+        """(frame, payload) of every presence state, encoded once per change."""
+        payload = self.awareness.encode_all()
+        cached = self._presence_frame
+        if cached is None or cached[1] is not payload:
+            cached = self._presence_frame = (protocol.awareness(payload), payload)
+        return cached
 
     def _apply_awareness(
         self, conn: Connection, frame: bytes, message: protocol.AwarenessUpdate
     ) -> None:
-        payload = message.payload
-        ids = self.connections.get(conn)
-        if ids is None:
+        member = self.connections.get(conn)
+        if member is None:
             return
-        meta = self.awareness.meta
-        news = False
-        for entry in message.entries:
-            known = meta.get(entry.client_id)
-            # Only news makes a connection the owner of a client id.  The stock
-            # y-websocket client re-sends every awareness state it receives;
-            # such echoes carry a clock we already have and must not steal
-            # ownership, or a closed tab would linger as a ghost.  A client
-            # reconnecting on a new socket does send a newer clock, and takes over.
-            if known is not None and entry.clock <= known["clock"]:
-                continue
-            news = True
-            owner = self._awareness_owner.get(entry.client_id)
-            if owner is not None and owner is not conn and owner in self.connections:
-                _discard(self.connections[owner], entry.client_id)
-            if entry.removed:
-                _discard(ids, entry.client_id)
-                self._awareness_owner.pop(entry.client_id, None)
-            else:
-                if entry.client_id not in ids:
-                    if len(ids) >= MAX_OWNED_CLIENTS:
-                        continue  # not owned: it times out instead of leaving with conn
-                    ids.append(entry.client_id)
-                self._awareness_owner[entry.client_id] = conn
-        if not news:
-            return  # an echo: everyone has it already, relaying would only amplify it
-        self.awareness.apply_awareness_update(payload, conn)
-        # Relay the client's own frame: it is already a complete message.
+        now = self._loop.time()
+        if member.entries is None:
+            rate = self._limits.awareness_entries_per_second
+            burst = max(2 * rate, self._limits.awareness.max_entries)
+            member.entries = TokenBucket(rate, burst, now)
+        if not member.entries.take(len(message.entries), now):
+            raise ProtocolError(CloseCode.RATE_LIMITED, "awareness entries sent too fast")
+        # Only news is applied: the stock y-websocket client re-sends every
+        # state it receives, and relaying such echoes would only amplify them.
+        # Only news from the owner, too: a client id belongs to the connection
+        # that introduced it until that one leaves (no impersonation).
+        applied = self.awareness.apply(message.entries, member, time.time() * 1000)
+        if not applied:
+            return
+        if len(applied) == len(message.entries):
+            # Relay the client's own frame: it is already a complete message.
+            payload = message.payload
+        else:
+            payload = protocol.encode_awareness_entries(applied)
+            frame = protocol.awareness(payload)
         self._broadcast_awareness(frame, payload, exclude=conn)
         if self._broker is not None:
             self._broker.publish(self.name, AWARENESS, payload)
@@ -266,13 +331,11 @@ class Room:
             )
 
     def _apply_peer_awareness(self, payload: bytes) -> None:
-        meta = self.awareness.meta
-        news = any(
-            meta.get(e.client_id) is None or e.clock > meta[e.client_id]["clock"]
-            for e in protocol.decode_awareness(payload)
-        )
-        if news:
-            self.awareness.apply_awareness_update(payload, PEER)
+        entries = protocol.decode_awareness(payload, self._limits.awareness)
+        applied = self.awareness.apply(entries, None, time.time() * 1000)
+        if applied:
+            if len(applied) != len(entries):
+                payload = protocol.encode_awareness_entries(applied)
             self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
 
     # -- outgoing -------------------------------------------------------------
@@ -282,6 +345,8 @@ class Room:
         if update == protocol.EMPTY_UPDATE:
             return
         self._full_step2 = None
+        if self._step2s:
+            self._step2s.clear()
         origin = self._origin
         if isinstance(origin, StoreOrigin):
             return
@@ -335,32 +400,13 @@ class Room:
         The room manager calls this for every room on one timer, instead of
         each room running pycrdt's ``Awareness.start()`` task group.
         """
-        states = self.awareness.states
-        stale = [
-            client_id
-            for client_id, meta in self.awareness.meta.items()
-            if client_id in states and now_ms - meta["lastUpdated"] >= self._awareness_timeout_ms
-        ]
-        if stale:
-            self.awareness.remove_awareness_states(stale, "timeout")
-
-    def _on_awareness_change(self, topic: str, change: tuple[dict[str, Any], Any]) -> None:
-        changes, origin = change
-        if topic != "update" or origin != "timeout":
-            return
-        # Clients that stopped renewing their state (every 15 s in y-protocols).
-        removed: list[int] = changes["removed"]
-        for client_id in removed:
-            owner = self._awareness_owner.pop(client_id, None)
-            if owner is not None and owner in self.connections:
-                _discard(self.connections[owner], client_id)
-        payload = self.awareness.encode_awareness_update(removed)
-        self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
+        removed = self.awareness.expire(now_ms, self._awareness_timeout_ms)
+        if removed:
+            payload = protocol.encode_awareness_entries(removed)
+            self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
 
 
-def _discard(ids: list[int], client_id: int) -> None:
-    if client_id in ids:
-        ids.remove(client_id)
+_DEFAULT_LIMITS = RoomLimits()
 
 
 def _merge(updates: list[bytes]) -> bytes:

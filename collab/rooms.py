@@ -25,7 +25,7 @@ from .closecodes import CloseCode
 from .memory import MemoryReleaser
 from .metrics import Metrics
 from .pubsub import Broker, Message
-from .room import Room
+from .room import Room, RoomLimits
 from .store import Store
 
 log = logging.getLogger("collab.rooms")
@@ -47,8 +47,11 @@ class RoomManager:
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
         broker: Broker | None = None,
+        room_limits: RoomLimits | None = None,
     ) -> None:
         self.store = store
+        #: What one connection may make a room do; rooms loaded later use a replacement.
+        self.room_limits = room_limits or RoomLimits()
         self.metrics = metrics
         self.broker = broker
         #: Messages from peers that arrived while their document was loading.
@@ -134,6 +137,7 @@ class RoomManager:
                 max_doc_size=self._max_doc_size,
                 metrics=self.metrics,
                 broker=self.broker,
+                limits=self.room_limits,
             )
             try:
                 room.load(update)

@@ -133,7 +133,7 @@ async def test_presence_is_relayed_and_removed_when_its_connection_leaves(room: 
     aw = Awareness(Doc())
     room.handle(a, presence({"name": "ada"}, aw))
     await settle()
-    assert room.awareness.states[aw.client_id] == {"name": "ada"}
+    assert room.awareness.state(aw.client_id) == {"name": "ada"}
     seen = Awareness(Doc())
     for m in cb.messages():
         if isinstance(m, protocol.AwarenessUpdate):
@@ -158,7 +158,7 @@ async def test_late_joiner_gets_current_presence(room: Room) -> None:
     assert any(e.client_id == aw.client_id for p in payloads for e in protocol.decode_awareness(p))
 
 
-async def test_old_connection_leaving_does_not_remove_presence_taken_over_by_new_one(
+async def test_a_reconnected_client_takes_its_presence_back_once_the_old_socket_left(
     room: Room,
 ) -> None:
     aw = Awareness(Doc())
@@ -166,8 +166,12 @@ async def test_old_connection_leaving_does_not_remove_presence_taken_over_by_new
     room.handle(old, presence({"name": "ada"}, aw))
     new, _ = join(room)  # the same client reconnected before the old socket died
     room.handle(new, presence({"name": "ada", "cursor": 3}, aw))
+    # While the old socket is open the id is its own: nobody may take it over.
+    assert room.awareness.state(aw.client_id) == {"name": "ada"}
     room.leave(old)
-    assert room.awareness.states[aw.client_id] == {"name": "ada", "cursor": 3}
+    assert aw.client_id not in room.awareness.states
+    room.handle(new, presence({"name": "ada", "cursor": 4}, aw))  # its next renewal
+    assert room.awareness.state(aw.client_id) == {"name": "ada", "cursor": 4}
     room.leave(new)
     assert aw.client_id not in room.awareness.states
 

@@ -1,0 +1,274 @@
+"""Issue #18: what one connection can make a room do is bounded.
+
+Each test is the regression test of one finding (or of a sibling of it):
+it fails on the code before the fix.  Sizes are small, but large enough to
+show the effect; the costs themselves are measured by ``bench.attacks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from pycrdt import Awareness, Doc, Text
+
+from collab import protocol
+from collab.closecodes import CloseCode
+from collab.connection import Connection
+from collab.keys import MANAGER, METRICS
+from collab.origins import LOCAL
+from collab.protocol import AwarenessEntry
+from collab.room import Room, RoomLimits
+from collab.store import MemoryStore
+from collab.testing.server import InProcessServer
+from tests.conftest import ClientFactory, ServerFactory
+from tests.fakes import MemoryChannel
+from tests.helpers import eventually, text_of
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """Read until the server closes; return its close code."""
+    while True:
+        msg = await ws.receive(timeout=10)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return ws.close_code
+
+
+def awareness_frame(entries: list[AwarenessEntry]) -> bytes:
+    return protocol.awareness(protocol.encode_awareness_entries(entries))
+
+
+def presence_frame(aw: Awareness, state: dict[str, object] | None) -> bytes:
+    aw.set_local_state(state)
+    return protocol.awareness(aw.encode_awareness_update([aw.client_id]))
+
+
+# -- finding 1: awareness flood ------------------------------------------------------
+
+
+async def test_awareness_frame_with_too_many_entries_is_closed_with_1008(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    honest = await make_client()
+    app = server.app
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    # Fresh ids, clock 1, state null: the shape of the 1.5 M-entry flood.
+    flood = [AwarenessEntry(10_000 + i, 1, "null") for i in range(5_000)]
+    await ws.send_bytes(awareness_frame(flood))
+    assert await closed_with(ws) == CloseCode.POLICY_VIOLATION
+    room = app[MANAGER].rooms["doc"]
+    assert set(room.awareness.meta) <= {honest.awareness.client_id}
+    assert set(honest.awareness.states) == {honest.awareness.client_id}  # nothing relayed
+
+
+async def test_oversized_awareness_state_is_closed_with_1009(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    big = '{"name":"' + "x" * 100_000 + '"}'
+    await ws.send_bytes(awareness_frame([AwarenessEntry(7, 1, big)]))
+    assert await closed_with(ws) == CloseCode.MESSAGE_TOO_BIG
+
+
+@pytest.mark.parametrize("depth", [40, 5_000])
+async def test_deeply_nested_awareness_state_is_closed_with_1007(
+    server: InProcessServer, http: aiohttp.ClientSession, depth: int
+) -> None:
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    deep = "[" * depth + "]" * depth
+    await ws.send_bytes(awareness_frame([AwarenessEntry(7, 1, deep)]))
+    assert await closed_with(ws) == CloseCode.INVALID_DATA
+
+
+async def test_removals_of_unknown_client_ids_are_not_recorded(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    await ws.send_bytes(
+        awareness_frame([AwarenessEntry(50_000 + i, 1, "null") for i in range(500)])
+    )
+    await ws.send_bytes(protocol.sync_step1(b"\x00"))
+    await ws.receive_bytes(timeout=5)  # our step 1
+    await ws.receive_bytes(timeout=5)  # the answer to ours: the awareness frame was handled
+    room = server.app[MANAGER].rooms["doc"]
+    assert room.awareness.meta == {}
+    await ws.close()
+
+
+async def test_nobody_can_change_or_remove_the_presence_another_connection_owns(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server()
+    owner = await make_client(url=server.ws_url)
+    watcher = await make_client(url=server.ws_url)
+    owner.set_presence({"user": "ada"})
+    oid = owner.awareness.client_id
+    await watcher.wait_for(lambda: watcher.awareness.states.get(oid) == {"user": "ada"})
+    eve = await http.ws_connect(f"{server.ws_url}/doc")
+    await eve.send_bytes(awareness_frame([AwarenessEntry(oid, 1_000, '{"user":"eve"}')]))
+    await eve.send_bytes(awareness_frame([AwarenessEntry(oid, 2_000, "null")]))
+    # A marker after the forgeries: once the watcher sees it, they were handled.
+    marker = Awareness(Doc())
+    await eve.send_bytes(presence_frame(marker, {"user": "marker"}))
+    await watcher.wait_for(lambda: marker.client_id in watcher.awareness.states)
+    assert watcher.awareness.states.get(oid) == {"user": "ada"}
+    room = server.app[MANAGER].rooms["doc"]
+    assert room.awareness.state(oid) == {"user": "ada"}
+    await eve.close()
+
+
+async def test_one_connection_claims_at_most_sixteen_client_ids() -> None:
+    room = Room("doc", store=MemoryStore())
+    conn = Connection(MemoryChannel(), doc="doc", peer="test")
+    room.join(conn)
+    room.handle(conn, awareness_frame([AwarenessEntry(i, 1, "{}") for i in range(1, 40)]))
+    assert len(room.awareness.states) == 16
+    await room.close()
+
+
+async def test_awareness_entries_beyond_the_rate_are_closed_with_4429(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    honest = await make_client()
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    echo = [AwarenessEntry(honest.awareness.client_id, 0, "null")] * 2_000
+    for _ in range(10):  # 20,000 entries at once: ten times the rate
+        if ws.closed:
+            break
+        await ws.send_bytes(awareness_frame(echo))
+    assert await closed_with(ws) == CloseCode.RATE_LIMITED
+
+
+# -- finding 2: sync step 1 amplification ---------------------------------------------
+
+
+async def test_a_socket_that_never_reads_has_at_most_one_step2_waiting(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server()
+    manager = server.app[MANAGER]
+    # Allow every step 1 through, to see what the queue does with them.
+    manager.room_limits = RoomLimits(step1_per_second=1_000)
+    writer = await make_client(url=server.ws_url)
+    text = writer.doc.get("text", type=Text)
+    for _ in range(8):
+        text.insert(len(text), "y" * 100_000)
+    room = manager.rooms["doc"]
+    await eventually(lambda: len(room.doc.get_update()) > 790_000)
+    size = len(room.doc.get_update())
+    traffic = server.app[METRICS].traffic
+    # A state vector that is not empty: it bypasses the shared full-state answer.
+    not_empty = protocol.sync_step1(writer.doc.get_state()[:-1] + b"\x01")
+    sockets = [
+        await http.ws_connect(f"{server.ws_url}/doc", autoclose=False, max_msg_size=0)
+        for _ in range(4)
+    ]
+    before = traffic.messages_in
+    for ws in sockets:
+        for _ in range(63):
+            await ws.send_bytes(not_empty)
+    await eventually(lambda: traffic.messages_in >= before + 4 * 63)
+    # The honest writer reads: all that is queued is the four sockets'.
+    backlog = sum(c.backlog for c in room.connections)
+    assert backlog < size, f"{backlog} bytes queued for 4 sockets on a {size}-byte document"
+    # The honest writer is unaffected.
+    reader = await make_client(url=server.ws_url)
+    assert text_of(reader) == str(text)
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_step1_beyond_its_rate_is_closed_with_4429(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for _ in range(20):
+        if ws.closed:
+            break
+        await ws.send_bytes(protocol.sync_step1(b"\x00"))
+    assert await closed_with(ws) == CloseCode.RATE_LIMITED
+
+
+async def test_a_later_step1_replaces_the_waiting_answer_which_is_encoded_once() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, doc="doc", peer="test")
+    conn.send(b"\x00\x00\x01\x00")  # a frame in flight...
+    channel.block()
+    conn.send(b"\x00\x00\x01\x00")  # ...that blocks: what follows waits
+    conn.send(b"\x00\x00\x01\x00")
+    encoded: list[bytes] = []
+
+    def answer(state_vector: bytes) -> bytes:
+        encoded.append(state_vector)
+        return protocol.sync_step2(protocol.EMPTY_UPDATE)
+
+    for i in range(10):
+        conn.send_step2(bytes([1, 5, i]), answer)
+    channel.unblock()
+    await eventually(lambda: bool(encoded) and not conn.sending)
+    assert encoded == [bytes([1, 5, 9])]
+
+
+async def test_connections_that_send_the_same_state_vector_share_one_answer() -> None:
+    room = Room("doc", store=MemoryStore())
+    writer = Doc()
+    writer.get("text", type=Text).insert(0, "hello")
+    room.apply_update(writer.get_update(), LOCAL)
+    channels = []
+    for _ in range(3):
+        channel = MemoryChannel()
+        conn = Connection(channel, doc="doc", peer="test")
+        room.join(conn)
+        room.handle(conn, protocol.sync_step1(b"\x01\x01\x01"))
+        channels.append(channel)
+    answers = [c.frames[-1] for c in channels]
+    assert answers[0] is answers[1] is answers[2]
+    await room.close()
+
+
+# -- finding 3: query-awareness amplification -------------------------------------------
+
+
+async def test_query_awareness_is_answered_at_most_at_its_rate_from_one_encoding() -> None:
+    room = Room("doc", store=MemoryStore())
+    owner = Connection(MemoryChannel(), doc="doc", peer="owner")
+    room.join(owner)
+    room.handle(owner, awareness_frame([AwarenessEntry(i, 1, '{"n":1}') for i in range(1, 17)]))
+    channel = MemoryChannel()
+    asker = Connection(channel, doc="doc", peer="asker")
+    room.join(asker)
+    channel.frames.clear()
+    for _ in range(30):
+        room.handle(asker, protocol.query_awareness())
+    assert 1 <= len(channel.frames) <= 2
+    assert all(f is channel.frames[0] for f in channel.frames)
+    await room.close()
+
+
+async def test_an_honest_client_syncs_while_another_floods_queries(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    owner = await make_client()
+    owner.set_presence({"user": "ada"})
+    room = server.app[MANAGER].rooms["doc"]
+    await eventually(lambda: owner.awareness.client_id in room.awareness.states)
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for _ in range(30):
+        await ws.send_bytes(protocol.query_awareness())
+    await ws.send_bytes(protocol.sync_step1(b"\x00"))  # a marker after the queries
+    late = await make_client()
+    assert late.synced.is_set()
+    answers = 0
+    while not isinstance(
+        message := protocol.decode(await ws.receive_bytes(timeout=5)), protocol.SyncStep2
+    ):
+        answers += isinstance(message, protocol.AwarenessUpdate)
+    assert answers <= 3  # the join's presence and at most two answers
+    await ws.close()
