@@ -8,12 +8,15 @@ the server may be stopped) or on a running server through its HTTP API
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pycrdt import Doc
 
+from .cli import CommandError
 from .store import DocInfo, Store
 
 
@@ -40,7 +43,7 @@ class StoreTarget:
         return await self.store.load(name)
 
     async def import_update(self, name: str, update: bytes) -> None:
-        _check_update(update)
+        check_update(update)
         self.store.append(name, update)
         await self.store.flush()
 
@@ -54,15 +57,36 @@ class StoreTarget:
 class ServerTarget:
     """Work through a running server's HTTP API."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise CommandError(
+                f"--server takes the server's http:// URL, e.g. http://{parts.path or base_url} "
+                f"(not {base_url!r})",
+                2,
+            )
         self.base = base_url.rstrip("/")
-        self.http = aiohttp.ClientSession(raise_for_status=False)
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.http = aiohttp.ClientSession(raise_for_status=False, headers=headers)
 
     def _url(self, name: str, suffix: str = "") -> str:
         return f"{self.base}/api/docs/{quote(name, safe='')}{suffix}"
 
+    @asynccontextmanager
+    async def _request(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A request whose connection failure is one clear line."""
+        try:
+            async with self.http.request(method, url, **kwargs) as resp:
+                yield resp
+        except aiohttp.ClientConnectionError as exc:
+            cause = getattr(exc, "os_error", None)
+            why = getattr(cause, "strerror", None) or str(exc)
+            raise CommandError(f"cannot reach the server at {self.base}: {why}") from None
+
     async def list(self) -> list[DocInfo]:
-        async with self.http.get(f"{self.base}/api/docs") as resp:
+        async with self._request("GET", f"{self.base}/api/docs") as resp:
             await _ok(resp)
             body: dict[str, Any] = await resp.json()
         return [
@@ -71,14 +95,14 @@ class ServerTarget:
         ]
 
     async def export(self, name: str) -> bytes | None:
-        async with self.http.get(self._url(name, "/update")) as resp:
+        async with self._request("GET", self._url(name, "/update")) as resp:
             if resp.status == 404:
                 return None
             await _ok(resp)
             return await resp.read()
 
     async def import_update(self, name: str, update: bytes) -> None:
-        async with self.http.post(self._url(name, "/update"), data=update) as resp:
+        async with self._request("POST", self._url(name, "/update"), data=update) as resp:
             await _ok(resp)
 
     async def close(self) -> None:
@@ -86,15 +110,28 @@ class ServerTarget:
 
 
 async def _ok(resp: aiohttp.ClientResponse) -> None:
-    if resp.status >= 400:
-        raise SystemExit(f"server answered {resp.status}: {(await resp.text()).strip()}")
+    """Raise ``CommandError`` with the server's own message for an error status."""
+    if resp.status < 400:
+        return
+    text = (await resp.text()).strip()
+    try:
+        message = str((await resp.json(content_type=None))["message"])
+    except (ValueError, KeyError, TypeError):
+        message = " ".join(text.split())[:200] or resp.reason or ""
+    hint = ""
+    if resp.status == 401:
+        hint = " (give --token or set COLLAB_TOKEN; `collab token` mints one)"
+    elif resp.status == 404 and "/api/" in str(resp.url) and "text/html" in resp.content_type:
+        hint = " (is this a collab server?)"
+    raise CommandError(f"the server answered {resp.status}: {message}{hint}")
 
 
-def _check_update(update: bytes) -> None:
+def check_update(update: bytes) -> None:
+    """Raise ``CommandError`` unless ``update`` is a Yjs update."""
     try:
         Doc().apply_update(update)
     except Exception as exc:
-        raise SystemExit(f"not a Yjs update: {exc}") from None
+        raise CommandError(f"not a Yjs update: {exc}") from None
 
 
 def format_table(docs: list[DocInfo]) -> str:

@@ -1,12 +1,19 @@
-"""The ``collab`` command."""
+"""The ``collab`` command.
+
+Every failure is one line on stderr and a non-zero exit code: known errors
+are mapped to what went wrong and what to do; anything else is reported
+as unexpected, with ``--debug`` for the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,15 +22,101 @@ from . import __version__
 from .config import Settings
 
 
+class CommandError(Exception):
+    """A failure the user can act on: printed as one line, exits with ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="collab", description="Real-time collaborative editing backend (Yjs protocol)."
+    raw = list(sys.argv[1:] if argv is None else argv)
+    # The bench has its own parser (bench/run.py): hand it every argument.
+    if raw[:1] == ["bench"]:
+        return _bench(raw[1:])
+    args = _parser().parse_args(raw)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, status = _explain(exc)
+        print(f"collab {args.command}: {message}", file=sys.stderr)
+        return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "chaos":
+        from .testing import chaos as chaos_runner
+
+        return chaos_runner.main(args)
+    if args.command == "serve":
+        return _serve(Settings.from_args(args))
+    if args.command == "token":
+        return _token(args)
+    # Libraries' warnings (a pool retrying a database) would bury the one
+    # line that says what failed.
+    # (psycopg sets its own logger's level, so the filter is on the handler.)
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
+    return asyncio.run(_documents(args))
+
+
+def _explain(exc: Exception) -> tuple[str, int]:
+    """One line and an exit status for an exception that reached the top."""
+    import aiohttp
+
+    from .store import StoreError
+
+    if isinstance(exc, CommandError):
+        return str(exc), exc.status
+    if isinstance(exc, StoreError):
+        return f"store: {exc}", 1
+    if isinstance(exc, aiohttp.ClientError):
+        return f"HTTP request failed: {exc}", 1
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}", 1
+    if isinstance(exc, TimeoutError):
+        return "timed out", 1
+    name = type(exc).__name__
+    return f"unexpected {name}: {exc} (run again with --debug for the traceback)", 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to --help."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --debug is accepted before or after the command; the command's own
+    # default must not reset a --debug given before it.
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an unexpected error",
     )
+    parser = _Parser(
+        prog="collab",
+        description="Real-time collaborative editing backend (Yjs protocol).",
+        parents=[common],
+    )
+    parser.set_defaults(debug=False)
     parser.add_argument("--version", action="version", version=f"collab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
         "serve",
+        parents=[common],
         help="serve documents over WebSocket",
         description="Serve documents over WebSocket at ws://HOST:PORT/ws/{doc}. "
         "Every flag can also be set with the environment variable shown.",
@@ -31,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Settings.add_arguments(serve)
 
     def document_command(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text + ".")
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text + ".", parents=[common]
+        )
         where = sub.add_mutually_exclusive_group()
         where.add_argument(
             "--store",
@@ -44,23 +139,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             metavar="URL",
             help="work through a running server's HTTP API, e.g. http://127.0.0.1:8080",
         )
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("COLLAB_TOKEN"),
+            help="access token for a --server started with --auth-secret [env COLLAB_TOKEN]",
+        )
         return sub
 
     document_command("ls", "list stored documents with size, update count and last change")
     export = document_command("export", "write a document's state as a binary Yjs update")
     export.add_argument("doc", help="document name")
     export.add_argument("-o", "--output", metavar="FILE", help="file to write (default: stdout)")
-    imp = document_command("import", "apply a binary Yjs update (a file from export) to a document")
+    imp = document_command(
+        "import",
+        "apply a binary Yjs update (a file from export) to a document; through the "
+        "server when one runs at COLLAB_HOST:COLLAB_PORT and no --store is given, so "
+        "its editors see the import at once",
+    )
     imp.add_argument("doc", help="document name")
     imp.add_argument("file", help="update file, or - for stdin")
     compact = commands.add_parser(
-        "compact", help="compact documents' update logs into snapshots now"
+        "compact", help="compact documents' update logs into snapshots now", parents=[common]
     )
     compact.add_argument("doc", nargs="?", help="document name (default: every document)")
     compact.add_argument("--store", metavar="URL", help="store URL [env COLLAB_STORE]")
 
     token = commands.add_parser(
         "token",
+        parents=[common],
         help="print an access token for --auth-secret servers",
         description="Print a signed access token (JWT, HS256) for documents matching --doc.",
     )
@@ -75,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     chaos = commands.add_parser(
         "chaos",
+        parents=[common],
         help="many clients editing through a faulty network: check convergence and lost edits",
         description="Run seeded random edits from many clients through a fault-injecting "
         "proxy (latency, bandwidth, partitions, drops, held frames, restarts) against any "
@@ -88,45 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_help=False,
         help="benchmark collab against its peers, in a source checkout (collab bench --help)",
     )
-    # The bench has its own parser (bench/run.py): hand it every argument.
-    raw = list(sys.argv[1:] if argv is None else argv)
-    if raw[:1] == ["bench"]:
-        return _bench(raw[1:])
-
-    args = parser.parse_args(argv)
-    if args.command == "chaos":
-        return chaos_runner.main(args)
-    if args.command == "serve":
-        return _serve(Settings.from_args(args))
-    if args.command == "token":
-        return _token(args)
-    return asyncio.run(_documents(args))
+    return parser
 
 
 async def _documents(args: argparse.Namespace) -> int:
     from . import admin
-    from .app import store_from_settings
-    from .store import StoreError
 
-    target: admin.StoreTarget | admin.ServerTarget
-    if getattr(args, "server", None):
-        target = admin.ServerTarget(args.server)
-    else:
-        store = store_from_settings(Settings.from_env(store=args.store))
-        try:
-            await store.open()
-        except StoreError as exc:
-            print(f"collab: cannot open the store: {exc}", file=sys.stderr)
-            return 1
-        target = admin.StoreTarget(store)
+    data = _read_update(args.file) if args.command == "import" else b""
+    target = await _target(args)
     try:
         if args.command == "ls":
             print(admin.format_table(await target.list()))
         elif args.command == "export":
             update = await target.export(args.doc)
             if update is None:
-                print(f"collab: no document named {args.doc!r}", file=sys.stderr)
-                return 1
+                raise CommandError(f"no document named {args.doc!r}")
             if args.output:
                 await asyncio.to_thread(Path(args.output).write_bytes, update)
                 print(
@@ -135,12 +218,10 @@ async def _documents(args: argparse.Namespace) -> int:
             else:
                 sys.stdout.buffer.write(update)
         elif args.command == "import":
-            if args.file == "-":
-                data = sys.stdin.buffer.read()
-            else:
-                data = await asyncio.to_thread(Path(args.file).read_bytes)
             await target.import_update(args.doc, data)
             print(f"imported {len(data)} bytes into {args.doc!r}", file=sys.stderr)
+            if isinstance(target, admin.StoreTarget):
+                await _warn_if_served(args.doc)
         elif args.command == "compact":
             assert isinstance(target, admin.StoreTarget)
             names = [args.doc] if args.doc else [d.name for d in await target.list()]
@@ -150,6 +231,113 @@ async def _documents(args: argparse.Namespace) -> int:
     finally:
         await target.close()
     return 0
+
+
+def _read_update(file: str) -> bytes:
+    """The bytes of an import, checked before any store is opened or created."""
+    from .admin import check_update
+
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {file}: {exc.strerror or exc}") from None
+    check_update(data)
+    return data
+
+
+#: Commands that only read: they never create a store that is not there.
+_READ_ONLY = frozenset({"ls", "export", "compact"})
+
+
+async def _target(args: argparse.Namespace) -> Any:
+    """Where a document command works: a server's HTTP API or a store."""
+    from . import admin
+
+    if getattr(args, "server", None):
+        return admin.ServerTarget(args.server, token=args.token)
+    if args.command == "import" and not args.store:
+        # A store-direct import is not seen by a running server's open
+        # documents until they reload: go through the server instead.
+        running = await _running_server()
+        if running is not None:
+            print(
+                f"importing through the server running at {running} "
+                "(--store works on the store directly)",
+                file=sys.stderr,
+            )
+            return admin.ServerTarget(running, token=args.token)
+    return admin.StoreTarget(await _open_store(args.store, create=args.command not in _READ_ONLY))
+
+
+async def _open_store(url: str | None, *, create: bool) -> Any:
+    """The opened store ``url`` (default: as for serve) names; say which one on stderr."""
+    from .app import redacted, store_from_settings
+    from .store import StoreError
+
+    settings = Settings.from_env(store=url)
+    try:
+        store = store_from_settings(settings)
+    except ValueError as exc:  # an unknown scheme, a malformed URL
+        raise CommandError(str(exc), 2) from None
+    except ImportError as exc:  # postgresql:// without psycopg
+        raise CommandError(str(exc), 2) from None
+    path = getattr(store, "path", None)
+    where = _sqlite_file(settings.store, path, create) if isinstance(path, str) else None
+    print(f"store: {where or redacted(settings.store)}", file=sys.stderr)
+    try:
+        await store.open()
+    except StoreError as exc:
+        raise CommandError(f"cannot open the store: {exc}") from None
+    return store
+
+
+def _sqlite_file(url: str, path: str, create: bool) -> str:
+    """The absolute path of a SQLite store; ``CommandError`` if absent and not ``create``."""
+    where = os.path.abspath(path)
+    if not create and not os.path.exists(where):
+        hint = ""
+        if not os.path.isabs(path):
+            hint = (
+                f" ({url} is relative to the working directory; "
+                f"sqlite:///{where} names an absolute path)"
+            )
+        raise CommandError(f"no store at {where}{hint}")
+    return where
+
+
+async def _running_server(timeout: float = 1.0) -> str | None:
+    """The URL of a collab server answering at COLLAB_HOST:COLLAB_PORT, if one does."""
+    import aiohttp
+
+    settings = Settings.from_env()
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):  # every interface: loopback is one of them
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{settings.port}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(f"{url}/healthz") as resp,
+        ):
+            body = await resp.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return None
+    if isinstance(body, dict) and "store" in body and "connections" in body:
+        return url
+    return None
+
+
+async def _warn_if_served(doc: str) -> None:
+    running = await _running_server()
+    if running is not None:
+        print(
+            f"note: a server is running at {running}: if it has {doc!r} open, its editors "
+            f"see this import only after the document reloads (--server {running} "
+            "reaches them at once)",
+            file=sys.stderr,
+        )
 
 
 def _bench(argv: list[str]) -> int:
@@ -182,16 +370,24 @@ def parse_duration(text: str) -> float:
 def _token(args: argparse.Namespace) -> int:
     from .auth import issue_token
 
-    secret = args.secret or Settings.from_env().auth_secret
+    secret = args.secret or os.environ.get(Settings.env_name("auth_secret"))
     if not secret:
-        print("collab token: give --secret or set COLLAB_AUTH_SECRET", file=sys.stderr)
-        return 2
+        raise CommandError("give --secret or set COLLAB_AUTH_SECRET", 2)
     try:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
-        print(f"collab token: {exc}", file=sys.stderr)
-        return 2
-    print(issue_token(secret, args.doc, args.mode, ttl))
+        raise CommandError(str(exc), 2) from None
+    if not ttl > 0:
+        raise CommandError(f"--ttl must be positive: a token of {args.ttl} is born expired", 2)
+    if len(secret.encode()) < 32:
+        print(
+            f"warning: the secret is {len(secret.encode())} bytes; use 32 random bytes or more",
+            file=sys.stderr,
+        )
+    with warnings.catch_warnings():  # PyJWT's InsecureKeyLengthWarning: said above
+        warnings.simplefilter("ignore")
+        token = issue_token(secret, args.doc, args.mode, ttl)
+    print(token)
     return 0
 
 
@@ -253,13 +449,15 @@ async def _run_server(settings: Settings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        # The port actually bound: the one asked for, or the free one of --port 0.
+        port = runner.addresses[0][1] if runner.addresses else settings.port
         log.info(
             "collab %s serving http://%s:%d (WebSocket ws://%s:%d/ws/{doc}, store %s, %s)",
             __version__,
             settings.host,
-            settings.port,
+            port,
             settings.host,
-            settings.port,
+            port,
             redacted(settings.store),
             "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
         )

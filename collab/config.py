@@ -21,13 +21,18 @@ def _setting(
     metavar: str | None = None,
     parse: Callable[[str], Any] | None = None,
     repeat: bool = False,
+    maximum: float | None = None,
 ) -> Any:
     """A setting: ``parse`` turns the flag / variable text into the value.
 
     ``repeat`` settings are tuples: the flag may be given several times and
-    the variable holds a comma-separated list.
+    the variable holds a comma-separated list.  Numbers are never negative
+    (and at most ``maximum``): a typo such as ``--commit-window -1`` is an
+    error, not a setting.
     """
     parse = parse or (_whole if type(default) is int else type(default))
+    if type(default) in (int, float):
+        parse = _in_range(parse, maximum)
     return field(
         default=default,
         metadata={
@@ -37,6 +42,23 @@ def _setting(
             "repeat": repeat,
         },
     )
+
+
+class _OutOfRange(argparse.ArgumentTypeError, ValueError):
+    """argparse prints its message as is; ``from_env`` catches it as a ValueError."""
+
+
+def _in_range(parse: Callable[[str], Any], maximum: float | None) -> Callable[[str], Any]:
+    def bounded(raw: str) -> Any:
+        value = parse(raw)
+        if not value >= 0:  # also refuses nan
+            raise _OutOfRange(f"{raw} is out of range: it must not be negative")
+        if maximum is not None and value > maximum:
+            raise _OutOfRange(f"{raw} is out of range: at most {maximum:g}")
+        return value
+
+    bounded.__name__ = parse.__name__
+    return bounded
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -80,7 +102,7 @@ def _optional_str(raw: str) -> str | None:
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on")
-    port: int = _setting(8080, "TCP port to listen on")
+    port: int = _setting(8080, "TCP port to listen on", maximum=65535)
     store: str = _setting(
         "sqlite:///data/collab.db",
         "where documents are kept: sqlite:///PATH (relative) or sqlite:////ABS/PATH, "
