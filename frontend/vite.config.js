@@ -1,4 +1,4 @@
-// Two pages: / (the document list) and /d/{doc} (the editor), built into dist/
+// Pages: / (the document list), /d/{doc} (the editor) and 404.html, built into dist/
 // with content-hashed assets under dist/assets/ (served long-cached by collab).
 import { resolve } from 'node:path'
 import { defineConfig } from 'vite'
@@ -13,7 +13,8 @@ export default defineConfig({
     rollupOptions: {
       input: {
         index: resolve(import.meta.dirname, 'index.html'),
-        editor: resolve(import.meta.dirname, 'editor.html')
+        editor: resolve(import.meta.dirname, 'editor.html'),
+        notFound: resolve(import.meta.dirname, '404.html')
       }
     }
   },

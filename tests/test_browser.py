@@ -220,7 +220,7 @@ async def test_a_python_bot_edit_shows_in_the_tab_and_the_tab_edit_reaches_the_b
     bot.doc.get("text", type=Text).insert(0, "written by the bot\n")
 
     await tab.wait_text("text === arg", "written by the bot\n")
-    await tab.page.get_by_text("Build Bot").first.wait_for()
+    await tab.page.locator("#people .person-name", has_text="Build Bot").wait_for()
     assert "Build Bot" in await tab.people()
 
     await tab.type_at_end("and by a person")
@@ -372,7 +372,7 @@ async def test_a_token_in_the_page_url_opens_a_server_that_requires_one(
 ) -> None:
     secret = "browser-test-secret-of-32-bytes-or-more"
     server = await make_server(auth_secret=secret)
-    write = issue_token(secret, "*", "write", 600)
+    write = issue_token(secret, "*", "write", 600, glob=True)
     page = await (await browser.new_context()).new_page()
     page.set_default_timeout(WAIT_MS)
     authorizations: list[str | None] = []
@@ -409,12 +409,16 @@ async def test_a_token_in_the_page_url_opens_a_server_that_requires_one(
     await tab.type_at_end(" twice")
     await reader.wait_text("text === 'signed twice'")
 
-    # No token: the list says why it is empty and the editor cannot connect.
+    # No token: the list asks for one, and so does the editor (it does not retry).
     anonymous = await (await browser.new_context()).new_page()
     await anonymous.goto(f"{server.http_url}/")
-    await anonymous.locator("#docs-error", has_text="401").wait_for()
+    await anonymous.locator("#token-form").wait_for()
+    await anonymous.fill("#token-input", f"{server.http_url}/?token={write}")
+    await anonymous.press("#token-input", "Enter")
+    await anonymous.locator("#docs-body tr[data-doc='a/b c']").wait_for()
+    assert anonymous.url == f"{server.http_url}/?token={write}"
     await anonymous.goto(editor_url(server.http_url, "a/b c"))
-    await Tab(anonymous).wait_status("offline")
+    await Tab(anonymous).wait_status("signin")
 
 
 # --- the document list -------------------------------------------------------------

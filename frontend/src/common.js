@@ -1,16 +1,44 @@
-// Shared by both pages: the access token, API calls, who you are, formatting.
+// Shared by the pages: the access token, API calls, who you are, formatting.
 
-/** The `?token=` of the page URL, passed on to the WebSocket and every API call. */
-export const token = new URLSearchParams(location.search).get('token') || null
+let currentToken = new URLSearchParams(location.search).get('token') || null
+
+/** The access token of this page (`?token=` in its URL), or null. */
+export function getToken () {
+  return currentToken
+}
 
 /**
- * The claims of the token ({doc, mode, exp}) read without verifying it, to
+ * Use another token from now on: it goes into the page URL (so a reload and
+ * links between pages keep it) and into every later API call and socket.
+ */
+export function setToken (value) {
+  currentToken = value || null
+  const url = new URL(location.href)
+  if (currentToken) url.searchParams.set('token', currentToken)
+  else url.searchParams.delete('token')
+  history.replaceState(history.state, '', url)
+  keepTokenInLinks()
+}
+
+/** A token pasted by a person: a bare token, or a whole link that carries one. */
+export function tokenFromInput (text) {
+  const value = String(text || '').trim()
+  if (!value) return null
+  try {
+    const fromLink = new URL(value, location.href).searchParams.get('token')
+    if (/^[a-z]+:\/\//i.test(value) || value.startsWith('/')) return fromLink
+  } catch {}
+  return value.replace(/^token=/, '')
+}
+
+/**
+ * The claims of a token ({doc, mode, exp}) read without verifying it, to
  * shape the page (a read-only token gets a read-only editor); the server
  * verifies every request itself.
  */
-export function tokenClaims () {
+export function tokenClaims (value = currentToken) {
   try {
-    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')
+    const payload = value.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')
     return JSON.parse(atob(payload.padEnd(Math.ceil(payload.length / 4) * 4, '='))) || {}
   } catch {
     return {}
@@ -18,13 +46,27 @@ export function tokenClaims () {
 }
 
 /** `path` on this page's origin with the token kept in the query, for links between pages. */
-export function withToken (path) {
-  return token ? `${path}?token=${encodeURIComponent(token)}` : path
+export function withToken (path, value = currentToken) {
+  if (!value) return path
+  return `${path}${path.includes('?') ? '&' : '?'}token=${encodeURIComponent(value)}`
+}
+
+/** Point every `a[data-keep-token]` at its path with the current token. */
+export function keepTokenInLinks () {
+  for (const link of document.querySelectorAll('a[data-keep-token]')) {
+    if (!link.dataset.path) link.dataset.path = link.getAttribute('href')
+    link.href = withToken(link.dataset.path)
+  }
 }
 
 /** The editor page of a document: the name is one URL-encoded path segment (it may hold `/`). */
-export function editorHref (name) {
-  return withToken(`/d/${encodeURIComponent(name)}`)
+export function editorHref (name, value = currentToken) {
+  return withToken(`/d/${encodeURIComponent(name)}`, value)
+}
+
+/** The API path of a document (its name is one URL-encoded segment). */
+export function docPath (name, rest = '') {
+  return `/api/docs/${encodeURIComponent(name)}${rest}`
 }
 
 /** The WebSocket base on the same host as the page: ws: behind http:, wss: behind https:. */
@@ -33,16 +75,72 @@ export function websocketBase () {
   return `${scheme}//${location.host}/ws`
 }
 
-/** fetch() a JSON API route with the bearer token; throws with the server's message. */
-export async function api (path, init = {}) {
-  const headers = new Headers(init.headers || {})
-  if (token) headers.set('Authorization', `Bearer ${token}`)
-  const response = await fetch(path, { ...init, headers })
-  if (!response.ok) {
-    const detail = (await response.text()).trim()
-    throw new Error(`${response.status} ${response.statusText}${detail ? `: ${detail}` : ''}`)
+/** A refused API call: the HTTP status and the server's stable error code and message. */
+export class ApiError extends Error {
+  constructor (status, code, message) {
+    super(message || `HTTP ${status}`)
+    this.status = status
+    this.code = code
   }
-  return response.json()
+}
+
+/** The server's `{"error", "message"}` of a failed response (or what can be made of it). */
+async function errorOf (response) {
+  const body = (await response.text().catch(() => '')).trim()
+  let code = null
+  let message = body
+  try {
+    const parsed = JSON.parse(body)
+    code = parsed.error || null
+    message = parsed.message || parsed.error || body
+  } catch {}
+  return new ApiError(response.status, code, message || `${response.status} ${response.statusText}`)
+}
+
+/**
+ * fetch() an API route with the bearer token; JSON back (or text with
+ * `as: 'text'`); throws ApiError with the server's code, or a TypeError when
+ * the server cannot be reached.
+ */
+export async function api (path, { as = 'json', ...init } = {}) {
+  const headers = new Headers(init.headers || {})
+  if (currentToken) headers.set('Authorization', `Bearer ${currentToken}`)
+  const response = await fetch(path, { cache: 'no-store', ...init, headers })
+  if (!response.ok) throw await errorOf(response)
+  return as === 'text' ? response.text() : response.json()
+}
+
+/**
+ * Whether this document exists and this token may open it, asked before a
+ * socket is opened (a browser cannot see why an upgrade failed):
+ * {kind: 'exists' | 'missing' | 'unauthorized' | 'forbidden' | 'unreachable', code, message}.
+ */
+export async function checkAccess (name) {
+  const headers = currentToken ? { Authorization: `Bearer ${currentToken}` } : {}
+  let response
+  try {
+    // HEAD of the binary state: no JSON rendering of the content on the server.
+    response = await fetch(docPath(name, '/update'), { method: 'HEAD', headers, cache: 'no-store' })
+  } catch {
+    return { kind: 'unreachable', code: null, message: 'the server cannot be reached' }
+  }
+  if (response.ok) return { kind: 'exists', code: null, message: '' }
+  if (response.status === 404) return { kind: 'missing', code: 'not_found', message: '' }
+  if (response.status === 401 || response.status === 403) {
+    // HEAD has no body: ask again with GET for the server's reason.
+    let error = new ApiError(response.status, null, '')
+    try {
+      await api(docPath(name))
+    } catch (err) {
+      if (err instanceof ApiError) error = err
+    }
+    return {
+      kind: response.status === 401 ? 'unauthorized' : 'forbidden',
+      code: error.code,
+      message: error.message
+    }
+  }
+  return { kind: 'unreachable', code: null, message: `the server answered ${response.status}` }
 }
 
 // --- who you are -----------------------------------------------------------
@@ -168,4 +266,60 @@ export function h (tag, attrs = {}, ...children) {
     el.append(child instanceof Node ? child : document.createTextNode(String(child)))
   }
   return el
+}
+
+const numbers = new Intl.NumberFormat()
+
+/** A text length for people: "empty", "1 character", "12,345 characters". */
+export function formatLength (chars) {
+  if (chars == null) return '—'
+  if (chars === 0) return 'empty'
+  return `${numbers.format(chars)} character${chars === 1 ? '' : 's'}`
+}
+
+/** A file name for a document name: no path separators or characters file systems refuse. */
+export function fileName (name, extension) {
+  const base = String(name).replace(/[\\/:*?"<>|\x00-\x1f]+/g, '-').replace(/^[.\s-]+|[.\s]+$/g, '') || 'document'
+  return `${base.slice(0, 120)}.${extension}`
+}
+
+/** Save `text` as a file through the browser's download. */
+export function downloadText (filename, text, type = 'text/plain') {
+  const url = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }))
+  const link = h('a', { href: url, download: filename, hidden: true })
+  document.body.append(link)
+  link.click()
+  link.remove()
+  setTimeout(() => URL.revokeObjectURL(url), 10_000)
+}
+
+/** Copy to the clipboard; false when the browser refuses (plain http on another host). */
+export async function copyText (text) {
+  try {
+    await navigator.clipboard.writeText(text)
+    return true
+  } catch {
+    const area = h('textarea', { style: { position: 'fixed', opacity: '0' } })
+    area.value = text
+    document.body.append(area)
+    area.select()
+    let ok = false
+    try {
+      ok = document.execCommand('copy')
+    } catch {}
+    area.remove()
+    return ok
+  }
+}
+
+/** Shown for a moment at the bottom of the page: "Link copied". */
+export function toast (message, { kind = 'info', ms = 3200 } = {}) {
+  let host = document.getElementById('toasts')
+  if (!host) {
+    host = h('div', { id: 'toasts', class: 'toasts', role: 'status', 'aria-live': 'polite' })
+    document.body.append(host)
+  }
+  const item = h('div', { class: `toast ${kind}` }, message)
+  host.append(item)
+  setTimeout(() => item.remove(), ms)
 }

@@ -1,10 +1,10 @@
 // The editor: CodeMirror 6 bound to ydoc.getText('text') by y-codemirror.next,
-// synced through the stock y-websocket provider to /ws/{doc} on this host.
+// synced through the stock y-websocket provider (wrapped by connection.js) to
+// /ws/{doc} on this host, with this browser's copy kept in IndexedDB.
 import './style.css'
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import { EditorState } from '@codemirror/state'
+import { Compartment, EditorState } from '@codemirror/state'
 import {
   EditorView, keymap, drawSelection, dropCursor, highlightActiveLine,
   highlightSpecialChars, placeholder, rectangularSelection, crosshairCursor
@@ -13,11 +13,16 @@ import { defaultKeymap, indentWithTab } from '@codemirror/commands'
 import { HighlightStyle, LanguageSupport, syntaxHighlighting, indentOnInput, bracketMatching } from '@codemirror/language'
 // markdownLanguage alone (not markdown()): highlighting without bundling HTML/CSS/JS parsers.
 import { markdownKeymap, markdownLanguage } from '@codemirror/lang-markdown'
-import { highlightSelectionMatches, search, searchKeymap } from '@codemirror/search'
+import { highlightSelectionMatches, openSearchPanel, search, searchKeymap } from '@codemirror/search'
 import { tags } from '@lezer/highlight'
 import {
-  PALETTE, colorFor, h, initials, lighten, loadUser, saveUser, token, tokenClaims, websocketBase, withToken
+  PALETTE, api, colorFor, copyText, editorHref, formatBytes, getToken, h, initials, keepTokenInLinks,
+  lighten, loadUser, saveUser, setToken, toast, tokenClaims, tokenFromInput, withToken
 } from './common.js'
+import { Connection } from './connection.js'
+import { openLocalCopy } from './local.js'
+import { deleteDocument, downloadDocument, explain, renameDocument } from './actions.js'
+import { menu, popover } from './dialog.js'
 
 // --- which document --------------------------------------------------------
 
@@ -33,23 +38,20 @@ function documentName () {
 
 const name = documentName()
 document.title = `${name} · collab`
-document.getElementById('doc-title').textContent = name
-document.getElementById('doc-title').title = name
-for (const link of document.querySelectorAll('a[data-keep-token]')) {
-  link.href = withToken(link.getAttribute('href'))
-}
-// A read-only token: the server refuses our edits, so do not offer to make any.
-const readOnly = tokenClaims().mode === 'read'
-document.getElementById('read-only').hidden = !readOnly
+const titleButton = document.getElementById('doc-title')
+titleButton.textContent = name
+const writerOnly = [titleButton] // hidden for a read-only token
+keepTokenInLinks()
+
+/** A read-only token: the server refuses our edits, so do not offer to make any. */
+const tokenReadOnly = () => tokenClaims().mode === 'read'
 
 // --- sync ------------------------------------------------------------------
 
 const ydoc = new Y.Doc()
 const ytext = ydoc.getText('text')
-// y-websocket appends the room to the URL as is: encode it here, the server decodes it.
-const provider = new WebsocketProvider(websocketBase(), encodeURIComponent(name), ydoc, {
-  params: token ? { token } : {}
-})
+const conn = new Connection({ name, ydoc, readOnly: tokenReadOnly() })
+const provider = conn.provider
 const awareness = provider.awareness
 
 let user = loadUser()
@@ -69,7 +71,7 @@ const highlight = HighlightStyle.define([
   { tag: tags.strikethrough, textDecoration: 'line-through' },
   { tag: tags.link, color: 'var(--accent)', textDecoration: 'underline' },
   { tag: tags.url, color: 'var(--accent)' },
-  { tag: tags.monospace, fontFamily: 'var(--mono)', fontSize: '0.92em', color: '#9a3412' },
+  { tag: tags.monospace, fontFamily: 'var(--mono)', fontSize: '0.92em', color: 'var(--code)' },
   { tag: tags.quote, color: 'var(--ink-2)', fontStyle: 'italic' },
   { tag: [tags.processingInstruction, tags.meta], color: 'var(--ink-3)' },
   { tag: tags.list, color: 'var(--ink-1)' },
@@ -87,28 +89,82 @@ const theme = EditorView.theme({
   '&.cm-focused > .cm-scroller > .cm-selectionLayer .cm-selectionBackground, .cm-selectionBackground, ::selection':
     { backgroundColor: 'var(--selection) !important' },
   '.cm-placeholder': { color: 'var(--ink-3)', fontStyle: 'normal' },
-  // Remote carets carry their owner's name at all times, like a name tag.
+  // Remote carets: a coloured bar; the name shows on hover and for a moment
+  // after the caret moves, beside the caret on its own line (never over the
+  // line above).
   '.cm-ySelectionCaret': { borderLeftWidth: '2px', borderRightWidth: '0', marginLeft: '-1px', marginRight: '-1px' },
+  '.cm-ySelectionCaret::before': { content: '""', position: 'absolute', inset: '0 -5px', cursor: 'default' },
   '.cm-ySelectionCaretDot': { display: 'none' },
   '.cm-ySelectionInfo': {
-    opacity: '1',
-    top: '-1.45em',
-    left: '-2px',
-    padding: '1px 6px',
-    borderRadius: '4px 4px 4px 0',
+    top: '0',
+    left: '3px',
+    padding: '0 5px',
+    borderRadius: '0 4px 4px 4px',
     fontFamily: 'var(--sans)',
     fontSize: '11px',
     fontWeight: '600',
-    lineHeight: '1.5',
+    lineHeight: '16px',
     letterSpacing: '0.01em',
-    boxShadow: '0 1px 2px rgba(15, 23, 42, 0.15)'
+    color: '#fff',
+    opacity: '0',
+    transition: 'opacity 0.25s ease',
+    transitionDelay: '0s',
+    boxShadow: '0 1px 2px rgba(15, 23, 42, 0.2)',
+    zIndex: '3'
   },
-  '.cm-panels': { backgroundColor: 'var(--surface)', color: 'var(--ink-1)' },
-  '.cm-panels.cm-panels-top': { borderBottom: '1px solid var(--line)' },
-  '.cm-searchMatch': { backgroundColor: '#fde68a88' },
-  '.cm-searchMatch-selected': { backgroundColor: '#fcd34d' },
-  '.cm-selectionMatch': { backgroundColor: '#e0e7ff' }
+  '.cm-ySelectionCaret:hover .cm-ySelectionInfo, .cm-ySelectionCaret.recent .cm-ySelectionInfo': {
+    opacity: '1', transitionDelay: '0s'
+  },
+  // Find and replace: under the sticky toolbar, styled like the rest of the page.
+  '.cm-panels': { backgroundColor: 'var(--surface)', color: 'var(--ink-1)', zIndex: '6' },
+  '.cm-panels.cm-panels-top': { top: 'var(--sticky-top) !important', borderBottom: '1px solid var(--line)' },
+  '.cm-panel.cm-search': {
+    display: 'flex', flexWrap: 'wrap', alignItems: 'center', gap: '6px 8px', padding: '10px 14px 10px 14px',
+    fontFamily: 'var(--sans)', fontSize: '13px'
+  },
+  '.cm-panel.cm-search br': { display: 'none' },
+  '.cm-panel.cm-search input[type=checkbox]': { margin: '0 4px 0 0', accentColor: 'var(--accent)' },
+  '.cm-panel.cm-search label': { display: 'inline-flex', alignItems: 'center', fontSize: '13px', color: 'var(--ink-2)', whiteSpace: 'nowrap' },
+  '.cm-textfield': {
+    height: '30px', padding: '0 10px', margin: '0', border: '1px solid var(--line-strong)', borderRadius: '7px',
+    background: 'var(--surface)', color: 'var(--ink-1)', fontSize: '14px', fontFamily: 'var(--sans)', minWidth: '0', width: '12em'
+  },
+  '.cm-textfield:focus': { outline: 'none', borderColor: 'var(--accent)', boxShadow: '0 0 0 3px var(--focus-ring)' },
+  '.cm-button': {
+    height: '30px', padding: '0 10px', margin: '0', border: '1px solid var(--line-strong)', borderRadius: '7px',
+    backgroundImage: 'none', background: 'var(--surface)', color: 'var(--ink-1)', fontSize: '13px', fontWeight: '550', cursor: 'pointer'
+  },
+  '.cm-button:hover': { background: 'var(--hover)' },
+  '.cm-button:active': { backgroundImage: 'none' },
+  '.cm-panel.cm-search [name=close]': {
+    position: 'static', marginLeft: 'auto', width: '30px', height: '30px', borderRadius: '7px', fontSize: '20px',
+    lineHeight: '1', color: 'var(--ink-2)', cursor: 'pointer', order: '10'
+  },
+  '.cm-searchMatch': { backgroundColor: 'var(--match)' },
+  '.cm-searchMatch-selected': { backgroundColor: 'var(--match-strong)' },
+  '.cm-selectionMatch': { backgroundColor: 'var(--selection-match)' }
 })
+
+/** A paste bigger than the server takes in one message is stopped before it is made. */
+const pasteGuard = EditorState.transactionFilter.of((tr) => {
+  const limit = conn.maxMessage
+  if (!limit || !tr.docChanged || !(tr.isUserEvent('input') || tr.isUserEvent('paste') || tr.isUserEvent('drop'))) return tr
+  let chars = 0
+  tr.changes.iterChanges((_fromA, _toA, _fromB, _toB, inserted) => { chars += inserted.length })
+  if (chars * 3 < limit * 0.9) return tr
+  let bytes = 0
+  const encoder = new TextEncoder()
+  tr.changes.iterChanges((_fromA, _toA, _fromB, _toB, inserted) => { bytes += encoder.encode(inserted.toString()).length })
+  if (bytes < limit * 0.9) return tr
+  toast(`That is too large to add at once (${formatBytes(bytes)}; this server takes up to ${formatBytes(limit)} in one change). Add it in smaller parts.`, { kind: 'error', ms: 6000 })
+  return []
+})
+
+const editable = new Compartment()
+const lockFor = (open) => [EditorState.readOnly.of(!open), EditorView.editable.of(open)]
+const placeholderText = new Compartment()
+const placeholderFor = (open) => placeholder(open ? 'Start writing… everyone here sees it as you type.' : 'This document is empty.')
+let editorOpen = !conn.readOnly
 
 const view = new EditorView({
   parent: document.getElementById('editor'),
@@ -131,88 +187,314 @@ const view = new EditorView({
       syntaxHighlighting(highlight),
       EditorView.lineWrapping,
       EditorView.contentAttributes.of({ 'aria-label': `Document ${name}`, spellcheck: 'true' }),
-      EditorState.readOnly.of(readOnly),
-      EditorView.editable.of(!readOnly),
-      placeholder(readOnly ? 'This document is empty.' : 'Start writing… everyone here sees it as you type.'),
+      editable.of(lockFor(editorOpen)),
+      placeholderText.of(placeholderFor(editorOpen)),
+      pasteGuard,
       theme,
       EditorView.updateListener.of((update) => { if (update.docChanged) showCounts() })
     ]
   })
 })
 
-document.getElementById('undo').addEventListener('click', () => { undoManager.undo(); view.focus() })
-document.getElementById('redo').addEventListener('click', () => { undoManager.redo(); view.focus() })
 const undoButton = document.getElementById('undo')
 const redoButton = document.getElementById('redo')
+undoButton.addEventListener('click', () => { undoManager.undo(); view.focus() })
+redoButton.addEventListener('click', () => { undoManager.redo(); view.focus() })
+document.getElementById('find').addEventListener('click', () => openSearchPanel(view))
 function showUndoState () {
-  undoButton.disabled = readOnly || undoManager.undoStack.length === 0
-  redoButton.disabled = readOnly || undoManager.redoStack.length === 0
+  undoButton.disabled = !editorOpen || undoManager.undoStack.length === 0
+  redoButton.disabled = !editorOpen || undoManager.redoStack.length === 0
 }
 for (const event of ['stack-item-added', 'stack-item-popped', 'stack-cleared']) undoManager.on(event, showUndoState)
-showUndoState()
 
 const counts = document.getElementById('counts')
+const numbers = new Intl.NumberFormat()
 function showCounts () {
   const text = view.state.doc.toString()
   const words = (text.match(/\S+/g) || []).length
-  const fmt = new Intl.NumberFormat()
-  counts.textContent = `${fmt.format(words)} word${words === 1 ? '' : 's'} · ${fmt.format(text.length)} character${text.length === 1 ? '' : 's'}`
+  counts.textContent = `${numbers.format(words)} word${words === 1 ? '' : 's'} · ${numbers.format(text.length)} character${text.length === 1 ? '' : 's'}`
 }
 showCounts()
 
-// --- connection status -----------------------------------------------------
-// connecting: never connected yet; connected; offline: the connection was lost
-// (y-websocket keeps retrying, and everything typed meanwhile is kept and sent).
+// --- connection state --------------------------------------------------------
 
 const statusEl = document.getElementById('status')
 const statusLabel = statusEl.querySelector('.status-label')
 const syncNote = document.getElementById('sync-note')
-const STATUS = {
-  connected: ['Connected', 'Your changes reach everyone as you type.'],
-  connecting: ['Connecting…', 'Connecting to the server…'],
-  offline: ['Offline', 'Reconnecting… Keep typing: your changes are kept and sent when the connection is back.'],
-  closed: ['Disconnected', 'The server closed this document.']
-}
-let lost = false // a connection closed or failed since the last time we were connected
-let closedFor = null // the server refused us for good (e.g. 4404: the document was deleted)
+const banner = document.getElementById('banner')
+const readOnlyBadge = document.getElementById('read-only')
+let local = null // this browser's copy, once opened
+let leaving = false // navigating away on purpose (after a rename or delete)
+let newDismissed = false
 
-function showStatus () {
-  let state = provider.wsconnected ? 'connected' : lost || !navigator.onLine ? 'offline' : 'connecting'
-  if (closedFor) state = 'closed'
-  statusEl.dataset.status = state
-  const [label, title] = STATUS[state]
-  statusLabel.textContent = closedFor?.code === 4404 ? 'Document deleted' : label
-  statusEl.title = title
-  if (state === 'offline') syncNote.textContent = 'Offline: changes will sync when you reconnect'
-  else if (state === 'connected') syncNote.textContent = provider.synced ? 'All changes synced' : 'Syncing…'
-  else syncNote.textContent = ''
+const LABELS = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  offline: 'Offline',
+  busy: 'Paused',
+  signin: 'Token needed',
+  expired: 'Access expired',
+  forbidden: 'No access',
+  'too-big': 'Not saved',
+  'doc-full': 'Not saved',
+  refused: 'Disconnected',
+  broken: 'Unavailable',
+  denied: 'View only',
+  gone: 'Not on server'
 }
 
+function downloadCopy () {
+  downloadDocument(name, 'md', ytext.toString())
+}
+
+function tokenForm (submitLabel) {
+  const input = h('input', {
+    type: 'text', class: 'token-input', placeholder: 'Paste a token or a link', 'aria-label': 'Access token or link',
+    autocomplete: 'off', spellcheck: 'false'
+  })
+  const form = h('form', { class: 'token-form' }, input, h('button', { type: 'submit', class: 'button primary' }, submitLabel))
+  form.addEventListener('submit', (event) => {
+    event.preventDefault()
+    const token = tokenFromInput(input.value)
+    if (!token) { input.focus(); return }
+    setToken(token)
+    applyAccess()
+    conn.retryWith(tokenReadOnly())
+  })
+  return form
+}
+
+/** {tone, title, text, actions, extra} for the banner, or null. */
+function bannerFor (state) {
+  const all = h('a', { class: 'button', href: withToken('/') }, 'All documents')
+  const download = h('button', { type: 'button', class: 'button', onclick: downloadCopy }, 'Download a copy')
+  switch (state.kind) {
+    case 'busy': {
+      const seconds = Math.max(0, Math.ceil((state.until - Date.now()) / 1000))
+      return {
+        tone: 'warn',
+        title: state.code === 4429 ? 'Sending too fast: paused for a moment' : 'The server is busy',
+        text: `Your changes are kept in this browser and sent when the connection resumes${seconds ? ` in ${seconds} s` : ''}.`,
+        actions: [h('button', { type: 'button', class: 'button', onclick: () => conn.connect() }, 'Try now')]
+      }
+    }
+    case 'signin':
+      return {
+        tone: 'bad',
+        title: 'This server needs an access token',
+        text: state.hasToken
+          ? `The token in this link is not valid here (${state.reason || 'refused'}). Paste the token or link you were given.`
+          : 'Paste the token or the link you were given to open this document.',
+        extra: tokenForm('Open')
+      }
+    case 'expired':
+      return {
+        tone: 'bad',
+        title: 'Your access has expired',
+        text: 'Ask whoever shared this document for a new link and paste it here. ' +
+          (conn.unsaved ? 'Your unsaved changes are kept in this browser and sent once you are back in.' : ''),
+        extra: tokenForm('Continue')
+      }
+    case 'forbidden': {
+      const scope = tokenClaims().doc
+      return {
+        tone: 'bad',
+        title: 'You do not have access to this document',
+        text: `${scope ? `Your access covers “${scope}”, not this document. ` : ''}Ask its owner for a link, or paste another token.`,
+        extra: tokenForm('Open'),
+        actions: [all]
+      }
+    }
+    case 'too-big':
+      return {
+        tone: 'bad',
+        title: 'That change is too large to save',
+        text: `Your last change${state.size ? ` (about ${formatBytes(state.size)})` : ''} is more than this server accepts at once` +
+          `${state.limit ? ` (${formatBytes(state.limit)})` : ''}. It was not saved, and nothing typed after it would be. ` +
+          'Remove it to go on editing; add long texts in smaller parts.',
+        actions: [h('button', { type: 'button', class: 'button primary', onclick: () => conn.dropUnsaved() }, 'Remove it and reconnect'), download]
+      }
+    case 'doc-full':
+      return {
+        tone: 'bad',
+        title: 'This document is full',
+        text: 'The server refused your last change: the document would grow past the size this server allows. ' +
+          'It was not saved. Remove it to go on editing, or move some text to a new document.',
+        actions: [h('button', { type: 'button', class: 'button primary', onclick: () => conn.dropUnsaved() }, 'Remove it and reconnect'), download]
+      }
+    case 'removed': {
+      const lost = conn.unsaved ? ' Your last changes did not reach the server: download them if you need them.' : ''
+      if (state.renamed) {
+        return {
+          tone: 'info',
+          title: state.to ? `This document was renamed to “${state.to}”` : 'This document was renamed',
+          text: `It is no longer under this name, so nothing more can be saved here.${lost}`,
+          actions: [
+            state.to ? h('a', { class: 'button primary', href: editorHref(state.to) }, `Open “${state.to}”`) : all,
+            download
+          ]
+        }
+      }
+      return {
+        tone: 'bad',
+        title: 'This document was deleted',
+        text: `It was removed from the server while you had it open, so nothing more can be saved here.${lost}`,
+        actions: [all, download]
+      }
+    }
+    case 'refused':
+      return {
+        tone: 'bad',
+        title: 'The server refused data from this page',
+        text: `${state.reason ? `“${state.reason}”. ` : ''}Reload the page to start again (download your text first if unsure).`,
+        actions: [h('button', { type: 'button', class: 'button primary', onclick: () => location.reload() }, 'Reload'), download]
+      }
+    case 'broken':
+      return {
+        tone: 'bad',
+        title: 'This document cannot be opened',
+        text: `The server could not read it${state.reason ? ` (${state.reason})` : ''}. Try again later, or tell whoever runs the server.`,
+        actions: [h('button', { type: 'button', class: 'button', onclick: () => conn.connect() }, 'Try again'), all]
+      }
+    case 'denied':
+      return {
+        tone: 'warn',
+        title: 'You can only view this document',
+        text: 'This tab holds changes the server did not accept (made offline or with other access). They are not saved.',
+        actions: [
+          h('button', { type: 'button', class: 'button', onclick: downloadCopy }, 'Download my version'),
+          h('button', { type: 'button', class: 'button', onclick: discardLocal }, 'Discard them')
+        ]
+      }
+    case 'gone':
+      return {
+        tone: 'warn',
+        title: 'This document is not on the server',
+        text: 'It may have been deleted or renamed. This browser still has the copy from your last visit.',
+        actions: [
+          h('button', { type: 'button', class: 'button primary', onclick: () => conn.restore() }, 'Restore it on the server'),
+          download,
+          h('button', { type: 'button', class: 'button', onclick: discardLocal }, 'Discard the copy')
+        ]
+      }
+  }
+  if (conn.isNew && !newDismissed && (state.kind === 'connecting' || state.kind === 'connected')) {
+    return {
+      tone: 'info',
+      title: 'New document',
+      text: `There was no document named “${name}” on the server: it is created as you type.`,
+      dismiss: () => { newDismissed = true; render() }
+    }
+  }
+  return null
+}
+
+function discardLocal () {
+  leaving = true
+  local?.clear()
+  setTimeout(() => location.reload(), 200)
+}
+
+let shownBanner = null
+function showBanner (content) {
+  const key = content && JSON.stringify([content.tone, content.title, content.text])
+  if (key === shownBanner) return
+  shownBanner = key
+  if (!content) { banner.hidden = true; banner.replaceChildren(); return }
+  banner.dataset.tone = content.tone
+  banner.replaceChildren(...[
+    h('div', { class: 'banner-text' },
+      h('strong', { class: 'banner-title' }, content.title),
+      h('span', {}, ` ${content.text}`)),
+    content.extra || null,
+    content.actions ? h('div', { class: 'banner-actions' }, ...content.actions) : null,
+    content.dismiss
+      ? h('button', { type: 'button', class: 'icon-button banner-close', 'aria-label': 'Dismiss', onclick: content.dismiss }, '×')
+      : null
+  ].filter(Boolean))
+  banner.hidden = false
+  const field = banner.querySelector('input')
+  if (field && document.activeElement === document.body) field.focus()
+}
+
+function render () {
+  if (leaving) return
+  const state = conn.state
+  let kind = state.kind
+  if (kind === 'connected' && !provider.wsconnected) kind = 'offline'
+  statusEl.dataset.status = kind
+  statusLabel.textContent = kind === 'removed' ? (state.renamed ? 'Renamed' : 'Deleted') : LABELS[kind]
+  statusEl.title = syncNote.textContent = noteFor(kind)
+  showBanner(bannerFor(state))
+  const open = conn.editable
+  if (open !== editorOpen) {
+    editorOpen = open
+    view.dispatch({ effects: [editable.reconfigure(lockFor(open)), placeholderText.reconfigure(placeholderFor(open))] })
+  }
+  readOnlyBadge.hidden = !conn.readOnly
+  document.body.dataset.state = kind
+  showUndoState()
+  for (const button of writerOnly) button.hidden = conn.readOnly
+}
+
+function noteFor (kind) {
+  const kept = local && !local.available ? 'kept in this tab only: keep it open' : 'kept in this browser'
+  switch (kind) {
+    case 'connecting': return 'Connecting to the server…'
+    case 'connected':
+      if (conn.readOnly) return provider.synced ? 'Up to date' : 'Loading…'
+      if (!provider.synced) return 'Syncing…'
+      return conn.unsaved ? 'Saving…' : 'All changes saved'
+    case 'offline':
+      return conn.state.unreachable === false && navigator.onLine
+        ? `Reconnecting… your changes are ${kept}`
+        : `Offline: your changes are ${kept} and sent when you reconnect`
+    case 'busy': return `Paused: your changes are ${kept}`
+    case 'too-big': case 'doc-full': return 'Your last change was not saved'
+    default: return conn.unsaved ? 'Changes not saved' : ''
+  }
+}
+
+// A countdown while backing off.
+setInterval(() => { if (conn.state.kind === 'busy') { shownBanner = null; render() } }, 1000)
+
+conn.onChange(render)
 provider.on('status', ({ status }) => {
   if (status === 'connected') {
-    lost = false
     // Peers dropped our presence when the last connection closed, and they ignore
     // a state whose clock they have seen: re-set it, which bumps the clock, so we
     // reappear at once instead of at the next renewal (15 s).
     if (awareness.getLocalState() !== null) awareness.setLocalState({ ...awareness.getLocalState() })
   }
-  if (status === 'disconnected') lost = true
-  showStatus()
+  render()
 })
-provider.on('connection-close', () => { lost = true; showStatus() })
-provider.on('connection-error', () => { lost = true; showStatus() })
-provider.on('closed', (event) => { closedFor = event; showStatus() })
-provider.on('sync', () => showStatus())
-window.addEventListener('offline', showStatus)
-window.addEventListener('online', showStatus)
-showStatus()
+ydoc.on('update', (_update, origin) => {
+  // The first thing typed into a new document makes it exist: the note has said so.
+  if (origin !== provider && conn.isNew && !newDismissed && conn.state.kind === 'connected') {
+    newDismissed = true
+    render()
+  }
+})
+
+// Changes the server has not confirmed: say so before the page goes.
+window.addEventListener('beforeunload', (event) => {
+  if (leaving || !conn.unsaved) return
+  event.preventDefault()
+  event.returnValue = ''
+})
+
+function applyAccess () {
+  conn.readOnly = tokenReadOnly()
+  keepTokenInLinks()
+  shareCache = null
+}
 
 // --- presence --------------------------------------------------------------
 
 const avatarsEl = document.getElementById('avatars')
-const peopleEl = document.getElementById('people')
-const peopleCount = document.getElementById('people-count')
-const MAX_AVATARS = 5
+const peopleLists = document.querySelectorAll('.people-list')
+const peopleCounts = document.querySelectorAll('.people-count')
+const MAX_AVATARS = 4
 
 /** Everyone whose awareness state is known, you first, then by name. */
 function people () {
@@ -242,20 +524,47 @@ function showPeople () {
   const hidden = others.length - shown.length
   avatarsEl.replaceChildren(...shown.map((p) => avatar(p)))
   if (hidden > 0) avatarsEl.append(h('span', { class: 'avatar more', title: `${hidden} more` }, `+${hidden}`))
-  avatarsEl.hidden = others.length === 0
-  peopleCount.textContent = String(everyone.length)
-  peopleEl.replaceChildren(...everyone.map((p) =>
-    h('li', { class: 'person', 'data-client': String(p.clientId), 'data-name': p.name },
-      avatar(p, 'small'),
-      h('span', { class: 'person-name' }, p.name),
-      p.me ? h('span', { class: 'tag' }, 'you') : null,
-      h('span', { class: `presence-dot${p.typing ? ' active' : ''}`, style: { backgroundColor: p.color }, title: p.typing ? 'In the document' : 'Viewing' })
-    )
-  ))
+  avatarsEl.classList.toggle('alone', others.length === 0)
+  if (others.length === 0) avatarsEl.append(h('span', { class: 'avatar more', title: 'Only you' }, '1'))
+  avatarsEl.setAttribute('aria-label', `Who is here: ${everyone.length} ${everyone.length === 1 ? 'person' : 'people'}`)
+  for (const badge of peopleCounts) badge.textContent = String(everyone.length)
+  for (const list of peopleLists) {
+    list.replaceChildren(...everyone.map((p) =>
+      h('li', { class: 'person', 'data-client': String(p.clientId), 'data-name': p.name },
+        avatar(p, 'small'),
+        h('span', { class: 'person-name' }, p.name),
+        p.me ? h('span', { class: 'tag' }, 'you') : null,
+        h('span', { class: `presence-dot${p.typing ? ' active' : ''}`, style: { backgroundColor: p.color }, title: p.typing ? 'In the document' : 'Viewing' })
+      )
+    ))
+  }
 }
 
 awareness.on('change', showPeople)
 showPeople()
+popover(avatarsEl, document.getElementById('people-panel'))
+
+// Remote name tags: shown for a moment after that person's caret moves.
+const caretMoves = new Map()
+awareness.on('change', ({ updated, added }) => {
+  const now = Date.now()
+  for (const clientId of [...added, ...updated]) {
+    if (clientId === ydoc.clientID) continue
+    const state = awareness.getStates().get(clientId)
+    const key = JSON.stringify(state?.cursor ?? null)
+    if (caretMoves.get(clientId)?.key === key) continue
+    caretMoves.set(clientId, { key, at: now, name: String(state?.user?.name || '') })
+  }
+  requestAnimationFrame(markRecentCarets)
+})
+function markRecentCarets () {
+  const now = Date.now()
+  const recent = new Set([...caretMoves.values()].filter((m) => now - m.at < 1500).map((m) => m.name))
+  for (const caret of view.dom.querySelectorAll('.cm-ySelectionCaret')) {
+    caret.classList.toggle('recent', recent.has(caret.querySelector('.cm-ySelectionInfo')?.textContent || ''))
+  }
+  if (recent.size) setTimeout(markRecentCarets, 400)
+}
 
 // --- who you are -----------------------------------------------------------
 
@@ -286,23 +595,15 @@ meColors.replaceChildren(...PALETTE.map((color) =>
   })
 ))
 
-function openPanel (open) {
-  mePanel.hidden = !open
-  meButton.setAttribute('aria-expanded', String(open))
-  if (open) {
+const mePopover = popover(meButton, mePanel, {
+  onOpen: () => {
     meInput.value = user.name
     pickColor(user.color)
     meInput.focus()
     meInput.select()
   }
-}
-
-meButton.addEventListener('click', () => openPanel(mePanel.hidden))
-document.getElementById('me-cancel').addEventListener('click', () => openPanel(false))
-mePanel.addEventListener('keydown', (event) => { if (event.key === 'Escape') { openPanel(false); meButton.focus() } })
-document.addEventListener('mousedown', (event) => {
-  if (!mePanel.hidden && !mePanel.contains(event.target) && !meButton.contains(event.target)) openPanel(false)
 })
+document.getElementById('me-cancel').addEventListener('click', () => mePopover.open(false))
 mePanel.addEventListener('submit', (event) => {
   event.preventDefault()
   const newName = meInput.value.trim() || user.name
@@ -310,27 +611,132 @@ mePanel.addEventListener('submit', (event) => {
   saveUser(user)
   awareness.setLocalStateField('user', user)
   showMe()
-  openPanel(false)
-  view.focus()
+  mePopover.open(false)
+  if (editorOpen) view.focus()
 })
 showMe()
 
 // --- sharing ---------------------------------------------------------------
 
-const copyButton = document.getElementById('copy-link')
-copyButton.addEventListener('click', async () => {
-  // The link carries no token: each person brings their own.
-  const link = `${location.origin}/d/${encodeURIComponent(name)}`
-  try {
-    await navigator.clipboard.writeText(link)
-    copyButton.textContent = 'Link copied'
-  } catch {
-    window.prompt('Copy this link', link)
-  }
-  setTimeout(() => { copyButton.textContent = 'Copy link' }, 2000)
-})
+const shareDialog = document.getElementById('share-dialog')
+const shareBody = document.getElementById('share-body')
+let shareCache = null
 
-if (!readOnly) view.focus()
+/** What this page may hand out: {open} (no auth), {mode, edit, view, expires, scope}, or {error}. */
+async function shareLinks () {
+  const mint = (mode) => api('/api/tokens', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ mode })
+  })
+  try {
+    const view = await mint('read')
+    const claims = tokenClaims()
+    const edit = claims.mode === 'write' ? await mint('write') : null
+    return { mode: claims.mode || 'read', view, edit, scope: view.doc ?? claims.doc }
+  } catch (err) {
+    if (err.code === 'auth_disabled' || (err.status === 404 && !getToken())) return { open: true }
+    return { error: explain(err) }
+  }
+}
+
+function linkRow (label, hint, link, testId) {
+  const field = h('input', { type: 'text', class: 'link-field', readonly: true, value: link, 'aria-label': `${label} link`, 'data-link': testId })
+  const copy = h('button', { type: 'button', class: 'button', 'data-copy': testId }, 'Copy')
+  copy.addEventListener('click', async () => {
+    if (await copyText(link)) {
+      copy.textContent = 'Copied'
+      toast('Link copied')
+    } else {
+      field.focus()
+      field.select()
+      toast('Press Ctrl+C to copy the selected link')
+    }
+    setTimeout(() => { copy.textContent = 'Copy' }, 2000)
+  })
+  field.addEventListener('focus', () => field.select())
+  return h('div', { class: 'share-row' },
+    h('div', { class: 'share-row-head' }, h('strong', {}, label), h('span', { class: 'muted' }, hint)),
+    h('div', { class: 'share-row-link' }, field, copy))
+}
+
+function whenExpires (seconds) {
+  if (!seconds) return ''
+  return new Date(seconds * 1000).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' })
+}
+
+async function openShare () {
+  shareDialog.showModal()
+  const base = `${location.origin}/d/${encodeURIComponent(name)}`
+  if (!shareCache) {
+    shareBody.replaceChildren(h('p', { class: 'muted' }, 'Preparing links…'))
+    shareCache = await shareLinks()
+  }
+  const links = shareCache
+  const rows = []
+  if (links.open) {
+    rows.push(h('p', {}, 'This server has no sign-in: anyone who can reach it can open and edit this document with its link.'))
+    rows.push(linkRow('Link', 'can edit', base, 'open'))
+  } else if (links.error) {
+    rows.push(h('p', { class: 'notice error' }, `No share links can be made: ${links.error}`))
+    rows.push(linkRow('Link without access', 'for people who have their own token', base, 'bare'))
+  } else {
+    if (links.edit) rows.push(linkRow('Can edit', 'read and change the text', location.origin + editorHref(name, links.edit.token), 'edit'))
+    else rows.push(h('p', {}, 'You can view this document. Only someone with edit access can share an edit link.'))
+    rows.push(linkRow('Can view', 'read only, no changes', location.origin + editorHref(name, links.view.token), 'view'))
+    const notes = []
+    const expires = whenExpires(links.view.expires_at)
+    if (expires) notes.push(`These links work until ${expires}.`)
+    if (links.scope && links.scope !== name) notes.push(`They also open every other document your access covers (“${links.scope}”).`)
+    notes.push('Anyone you send a link to gets that access.')
+    rows.push(h('p', { class: 'muted share-note' }, notes.join(' ')))
+    rows.push(linkRow('Link without access', 'for people who have their own token', base, 'bare'))
+  }
+  shareBody.replaceChildren(...rows)
+}
+
+document.getElementById('share-button').addEventListener('click', openShare)
+document.getElementById('share-close').addEventListener('click', () => shareDialog.close())
+shareDialog.addEventListener('click', (event) => { if (event.target === shareDialog) shareDialog.close() })
+
+// --- document actions ----------------------------------------------------------
+
+async function rename () {
+  if (conn.readOnly) return
+  const to = await renameDocument(name, { before: () => { leaving = true }, failed: () => { leaving = false } })
+  if (!to) return
+  local?.clear()
+  location.assign(editorHref(to))
+}
+
+async function remove () {
+  const deleted = await deleteDocument(name, { before: () => { leaving = true }, failed: () => { leaving = false } })
+  if (!deleted) return
+  local?.clear()
+  location.assign(withToken('/'))
+}
+
+titleButton.addEventListener('click', rename)
+menu(document.getElementById('doc-menu'), () => [
+  ...(conn.readOnly ? [] : [{ label: 'Rename…', run: rename }]),
+  { label: 'Download as Markdown (.md)', run: () => downloadDocument(name, 'md', ytext.toString()) },
+  { label: 'Download as plain text (.txt)', run: () => downloadDocument(name, 'txt', ytext.toString()) },
+  { label: 'Find and replace', run: () => openSearchPanel(view) },
+  ...(conn.readOnly ? [] : [null, { label: 'Delete…', run: remove, danger: true }])
+])
+
+// --- start -------------------------------------------------------------------
+
+render()
+openLocalCopy(name, ydoc).then((copy) => {
+  local = copy
+  conn.local = copy
+  render()
+  conn.start()
+})
+if (editorOpen) view.focus()
 
 // For the console and the browser tests: the live objects of this page.
-window.collab = { name, ydoc, ytext, provider, awareness, view, undoManager, text: () => ytext.toString() }
+window.collab = {
+  name, ydoc, ytext, provider, awareness, view, undoManager, conn, text: () => ytext.toString(), get local () { return local }
+}
