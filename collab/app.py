@@ -11,10 +11,12 @@ from aiohttp import web
 from . import __version__
 from .closecodes import CloseCode
 from .config import Settings
+from .guard import guard_middleware
 from .http_api import routes as api_routes
 from .keys import BROKER, MANAGER, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS, STORE, BrokerSlot
 from .metrics import CONTENT_TYPE, Metrics
 from .pubsub import Broker, open_broker
+from .rlimits import DescriptorWatch
 from .rooms import RoomManager
 from .static import setup_frontend
 from .store import Store, open_store
@@ -22,17 +24,32 @@ from .ws import connection_limits, websocket_handler
 
 log = logging.getLogger("collab.app")
 
+#: Shorter HS256 secrets can be brute-forced from one token (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """Build the application; the store opens on startup and closes on cleanup."""
     settings = settings or Settings()
-    app = web.Application(client_max_size=settings.max_message_size)
+    if settings.auth_secret == "":
+        # An empty secret used to mean "open": a typo must not unlock the server.
+        raise ValueError("auth_secret is empty: give a secret, or None for an open server")
+    app = web.Application(
+        client_max_size=settings.max_message_size,
+        middlewares=[guard_middleware(settings)],
+        # aiohttp closes a connection that has not sent a complete request
+        # within keepalive_timeout of connecting or of its last response:
+        # the slowloris defence (aiohttp >= 3.14.4 starts the timer at connect).
+        handler_args={"keepalive_timeout": settings.request_timeout},
+    )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[SEND_LIMITS], app[RATE_LIMITS] = connection_limits(settings)
     app.cleanup_ctx.append(_rooms_ctx)
+    app.cleanup_ctx.append(_descriptors_ctx)
     app.on_shutdown.append(_going_away)
-    app.router.add_get("/ws/{doc:.+}", websocket_handler)
+    # [\s\S]: "." would not match a newline (%0A) in a document name.
+    app.router.add_get(r"/ws/{doc:[\s\S]+}", websocket_handler)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -101,6 +118,14 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
             "no --auth-secret: the server is OPEN, anyone who can reach it may read and "
             "write every document"
         )
+    elif len(settings.auth_secret.encode()) < MIN_SECRET_BYTES:
+        log.warning(
+            "--auth-secret is only %d bytes: tokens signed with it can be forged by "
+            "guessing it; use %d random bytes or more (e.g. python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')",
+            len(settings.auth_secret.encode()),
+            MIN_SECRET_BYTES,
+        )
     try:
         yield
     finally:
@@ -108,6 +133,16 @@ async def _rooms_ctx(app: web.Application) -> AsyncIterator[None]:
         if broker is not None:
             await broker.close()
         await store.close()
+
+
+async def _descriptors_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Log, in our format, when accepts fail for want of file descriptors."""
+    watch = DescriptorWatch()
+    watch.start()
+    try:
+        yield
+    finally:
+        watch.stop()
 
 
 async def _going_away(app: web.Application) -> None:

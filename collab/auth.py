@@ -1,18 +1,24 @@
-"""Tokens and the checks made at the HTTP upgrade, before any socket or room exists.
+"""Tokens and the token check made before any socket or room exists.
 
-A token is a JWT signed with HS256 carrying ``doc`` (a document name or a
-glob such as ``team-*``), ``mode`` (``read`` or ``write``) and ``exp``.
-Browsers cannot set headers on a WebSocket, so ``?token=`` is accepted as
-well as ``Authorization: Bearer``.
+A token is a JWT signed with HS256 carrying ``mode`` (``read`` or
+``write``), ``exp``, and the documents it opens: ``doc``, one document
+named exactly, and/or ``doc_pattern``, a glob such as ``team-*``.  Browsers
+cannot set headers on a WebSocket, so ``?token=`` is accepted as well as
+``Authorization: Bearer``.
+
+``doc`` is always a literal name (issue #18): a token for ``report[1]``
+opens ``report[1]`` and nothing else.  Tokens minted before ``doc_pattern``
+existed, whose ``doc`` held a glob such as ``team-*``, now open only the
+document spelled exactly that way: mint them again with a pattern.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import jwt
 from aiohttp import web
@@ -20,68 +26,118 @@ from aiohttp import web
 Mode = Literal["read", "write"]
 ALGORITHM = "HS256"
 
+#: Characters that made a ``doc`` claim a glob before ``doc_pattern`` existed.
+_GLOB_CHARS = frozenset("*?[")
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """What a verified token allows: documents matching ``doc``, in ``mode``."""
+    """What a verified token allows: ``doc`` exactly and documents matching ``pattern``."""
 
-    doc: str
+    doc: str | None
     mode: Mode
+    pattern: str | None = None
+    #: When the token expires (Unix seconds); open sockets close then.
+    expires: float | None = None
 
     @property
     def can_write(self) -> bool:
         return self.mode == "write"
 
     def covers(self, name: str) -> bool:
+        if name == self.doc:
+            return True
         # fnmatchcase: "Team-*" must not match "team-a" on any platform.
-        return fnmatch.fnmatchcase(name, self.doc)
+        return self.pattern is not None and fnmatch.fnmatchcase(name, self.pattern)
 
 
 #: Without a secret the server is open: everyone may read and write everything.
-OPEN = Grant("*", "write")
+OPEN = Grant(None, "write", pattern="*")
 
 
 class AuthError(Exception):
     """Why a request was refused; ``status`` is 401 (who are you?) or 403 (not allowed)."""
 
-    def __init__(self, status: int, reason: str, metric: str) -> None:
+    def __init__(self, status: int, reason: str, metric: str, code: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         #: Short label for the refused-requests metric.
         self.metric = metric
+        #: Stable machine-readable code of the JSON error body.
+        self.code = code
 
     def http(self) -> web.HTTPException:
+        """The refusal as an HTTP response with a JSON ``{"error", "message"}`` body."""
         cls = web.HTTPUnauthorized if self.status == 401 else web.HTTPForbidden
         headers = {"WWW-Authenticate": 'Bearer realm="collab"'} if self.status == 401 else None
-        return cls(text=self.reason, headers=headers)
+        return json_error(cls, self.code, self.reason, headers=headers)
 
 
-def issue_token(secret: str, doc: str, mode: Mode, ttl: float, *, now: float | None = None) -> str:
-    """Sign a token for ``doc`` (name or glob) valid for ``ttl`` seconds."""
+def json_error(
+    cls: type[web.HTTPException],
+    code: str,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+) -> web.HTTPException:
+    """An HTTP error whose body is ``{"error": code, "message": message}``."""
+    return cls(
+        text=json.dumps({"error": code, "message": message}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def issue_token(
+    secret: str,
+    doc: str,
+    mode: Mode,
+    ttl: float,
+    *,
+    glob: bool = False,
+    now: float | None = None,
+) -> str:
+    """Sign a token valid for ``ttl`` seconds for the document ``doc``.
+
+    With ``glob=True``, ``doc`` is a pattern (``team-*``, ``*``) carried in
+    the ``doc_pattern`` claim; ``[`` opens a character class there, so
+    ``[[]`` matches a literal ``[``.
+    """
     if mode not in ("read", "write"):
         raise ValueError(f"mode must be read or write, not {mode!r}")
     issued = int(now if now is not None else time.time())
-    claims = {"doc": doc, "mode": mode, "iat": issued, "exp": issued + int(ttl)}
+    claims: dict[str, Any] = {"mode": mode, "iat": issued, "exp": issued + int(ttl)}
+    claims["doc_pattern" if glob else "doc"] = doc
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
 def verify_token(secret: str, token: str) -> Grant:
     """The grant a token carries, or ``AuthError`` saying what is wrong with it."""
     try:
-        claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "doc", "mode"]}
-        )
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp"]})
     except jwt.ExpiredSignatureError:
-        raise AuthError(401, "token expired", "expired") from None
+        raise AuthError(401, "token expired", "expired", "token_expired") from None
     except jwt.InvalidSignatureError:
-        raise AuthError(401, "token signature is invalid", "bad_signature") from None
+        raise AuthError(
+            401, "token signature is invalid", "bad_signature", "token_invalid"
+        ) from None
     except jwt.PyJWTError as exc:
-        raise AuthError(401, f"token is invalid: {exc}", "bad_token") from None
-    doc, mode = claims["doc"], claims["mode"]
-    if not isinstance(doc, str) or mode not in ("read", "write"):
-        raise AuthError(401, "token claims must be doc: str and mode: read|write", "bad_token")
-    return Grant(doc, mode)
+        raise AuthError(401, f"token is invalid: {exc}", "bad_token", "token_invalid") from None
+    doc, pattern, mode = claims.get("doc"), claims.get("doc_pattern"), claims.get("mode")
+    if (
+        not isinstance(doc, str | None)
+        or not isinstance(pattern, str | None)
+        or (doc is None and pattern is None)
+        or mode not in ("read", "write")
+    ):
+        raise AuthError(
+            401,
+            "token claims must be doc: str and/or doc_pattern: str, and mode: read|write",
+            "bad_token",
+            "token_invalid",
+        )
+    return Grant(doc, mode, pattern, float(claims["exp"]))
 
 
 def token_of(request: web.Request) -> str | None:
@@ -97,27 +153,21 @@ def authorize(request: web.Request, secret: str | None, doc: str | None, *, writ
         return OPEN
     token = token_of(request)
     if not token:
-        raise AuthError(401, "a token is required (?token= or Authorization: Bearer)", "no_token")
+        raise AuthError(
+            401,
+            "a token is required (?token= or Authorization: Bearer)",
+            "no_token",
+            "token_required",
+        )
     grant = verify_token(secret, token)
     if doc is not None and not grant.covers(doc):
-        raise AuthError(403, f"token does not cover document {doc!r}", "wrong_doc")
+        reason = f"token does not cover document {doc!r}"
+        if grant.doc is not None and _GLOB_CHARS & set(grant.doc):
+            reason += (
+                f" (its doc {grant.doc!r} names one document exactly; "
+                "a glob goes in doc_pattern: collab token --pattern)"
+            )
+        raise AuthError(403, reason, "wrong_doc", "document_not_allowed")
     if write and not grant.can_write:
-        raise AuthError(403, "token is read-only", "read_only")
+        raise AuthError(403, "token is read-only", "read_only", "read_only")
     return grant
-
-
-def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
-    """Refuse cross-site WebSocket hijacking: a browser's Origin must be ours or allowed.
-
-    Requests without an Origin (bots, curl) are not from a browser page and
-    pass; the same origin as the Host header always passes.
-    """
-    origin = request.headers.get("Origin")
-    if origin is None or "*" in allowed:
-        return
-    parts = urlsplit(origin)
-    if parts.netloc and parts.netloc == request.host:
-        return
-    if origin.rstrip("/") in allowed:
-        return
-    raise AuthError(403, f"origin {origin!r} is not allowed", "origin")

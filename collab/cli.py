@@ -168,9 +168,14 @@ def _parser() -> argparse.ArgumentParser:
         "token",
         parents=[common],
         help="print an access token for --auth-secret servers",
-        description="Print a signed access token (JWT, HS256) for documents matching --doc.",
+        description="Print a signed access token (JWT, HS256) for the document --doc "
+        "or the documents matching --pattern.",
     )
-    token.add_argument("--doc", required=True, help="document name or glob, e.g. 'team-*' or '*'")
+    scope = token.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--doc", help="the one document the token opens, named exactly")
+    scope.add_argument(
+        "--pattern", help="glob of the documents it opens, e.g. 'team-*' or '*' ([[] is a [)"
+    )
     token.add_argument("--mode", choices=("read", "write"), default="write")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 12h, 7d (default 1h)")
     token.add_argument(
@@ -386,7 +391,8 @@ def _token(args: argparse.Namespace) -> int:
         )
     with warnings.catch_warnings():  # PyJWT's InsecureKeyLengthWarning: said above
         warnings.simplefilter("ignore")
-        token = issue_token(secret, args.doc, args.mode, ttl)
+        glob = args.pattern is not None
+        token = issue_token(secret, args.pattern if glob else args.doc, args.mode, ttl, glob=glob)
     print(token)
     return 0
 
@@ -405,6 +411,9 @@ def _serve(settings: Settings) -> int:
     from .memory import tune_gc
 
     tune_gc()
+    from .rlimits import raise_open_files
+
+    raise_open_files(settings.max_connections)  # most systems start at 1,024 sockets
     try:
         run(_run_server(settings))
     except StoreError as exc:  # data folder not writable, database unreachable...

@@ -99,6 +99,23 @@ def _optional_str(raw: str) -> str | None:
     return raw or None
 
 
+class _EmptySecret(argparse.ArgumentTypeError, ValueError):
+    """argparse prints its message as is; ``from_env`` catches it as a ValueError."""
+
+
+def _secret(raw: str) -> str:
+    """A non-empty secret: an empty one must not quietly start an open server."""
+    if not raw:
+        raise _EmptySecret(
+            "it is empty: give a secret of 32 random bytes or more, or leave the "
+            "setting out for an open server"
+        )
+    return raw
+
+
+_secret.__name__ = "secret"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on")
@@ -176,17 +193,33 @@ class Settings:
     )
     auth_secret: str | None = _setting(
         None,
-        "HS256 secret that signs access tokens; without it the server is open to everyone",
+        "HS256 secret that signs access tokens (32 bytes or more; empty is refused); "
+        "without it the server is open to everyone",
         metavar="SECRET",
-        parse=_optional_str,
+        parse=_secret,
     )
     allowed_origin: tuple[str, ...] = _setting(
         (),
-        "browser origin allowed to open sockets besides the server's own "
-        "(repeatable; * allows any)",
+        "browser origin allowed to open sockets and send writes besides the server's "
+        "own (repeatable; * allows any)",
         metavar="ORIGIN",
         parse=str,
         repeat=True,
+    )
+    allowed_host: tuple[str, ...] = _setting(
+        (),
+        "Host header a server without --auth-secret answers besides localhost, IP "
+        "addresses and --host, against DNS rebinding (repeatable; .example.com "
+        "allows its subdomains, * any)",
+        metavar="HOST",
+        parse=str,
+        repeat=True,
+    )
+    request_timeout: float = _setting(
+        15.0,
+        "seconds a connection may take to send a complete request line and headers, "
+        "and may stay idle between HTTP requests, before it is closed",
+        metavar="SECONDS",
     )
     max_connections: int = _setting(
         10_000, "open WebSocket connections in total; more are closed with 1013", metavar="N"

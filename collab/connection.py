@@ -174,6 +174,7 @@ class Connection:
         "close_reason",
         "collapses",
         "doc",
+        "expires",
         "id",
         "last_seen",
         "peer",
@@ -194,6 +195,8 @@ class Connection:
         self.doc = doc
         self.peer = peer
         self.can_write = can_write
+        #: When its token expires (Unix seconds): the room manager's tick closes it with 4401.
+        self.expires: float | None = None
         #: How often a backlog was merged (a sign of a slow reader).
         self.collapses = 0
         self.close_code: int | None = None

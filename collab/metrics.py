@@ -16,10 +16,25 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .closecodes import CloseCode
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 _COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+#: Close codes that get their own label: the standard ones and collab's own.
+#: A client chooses the code it closes with, so any other is counted as
+#: "other": otherwise each client could add label values to /metrics.
+_CLOSE_LABELS = {code: str(code) for code in (*range(1000, 1016), *CloseCode)}
+
+
+def close_label(code: int | None) -> str:
+    """The ``code`` label of ``collab_connections_closed_total``, from a bounded set."""
+    if code is None:
+        return "1006"
+    return _CLOSE_LABELS.get(code, "other")
 
 
 @dataclass
@@ -60,7 +75,7 @@ class Metrics:
         self._gauges[name] = (doc, read)
 
     def closed(self, code: int | None) -> None:
-        self.traffic.closes[str(code if code is not None else 1006)] += 1
+        self.traffic.closes[close_label(code)] += 1
 
     def refused(self, reason: str) -> None:
         self.traffic.refused[reason] += 1

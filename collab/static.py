@@ -60,11 +60,16 @@ def setup_frontend(app: web.Application, dist: Path | None = None) -> None:
 
     async def asset(request: web.Request) -> web.StreamResponse:
         assets = root / "assets"
-        path = (assets / request.match_info["path"]).resolve()
-        if not path.is_relative_to(assets) or not path.is_file():
+        try:
+            path = (assets / request.match_info["path"]).resolve()
+            found = path.is_relative_to(assets) and path.is_file()
+        except (ValueError, OSError):  # a NUL byte (/assets/%00), a name too long...
+            found = False
+        if not found:
             raise web.HTTPNotFound()
         return web.FileResponse(path, headers={"Cache-Control": ASSET_CACHE})
 
     app.router.add_get("/", index)
-    app.router.add_get("/d/{doc:.+}", editor)
-    app.router.add_get("/assets/{path:.+}", asset)
+    # [\s\S]: "." would not match a newline (%0A) in a document name.
+    app.router.add_get(r"/d/{doc:[\s\S]+}", editor)
+    app.router.add_get(r"/assets/{path:[\s\S]+}", asset)

@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from .auth import AuthError, authorize, check_origin
+from .auth import AuthError, authorize, json_error
 from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection, RateLimits, SendLimits
@@ -62,7 +62,14 @@ def document_name(request: web.Request) -> str:
     limit = request.app[SETTINGS].max_name_length
     if not 1 <= len(name) <= limit:
         request.app[METRICS].refused("bad_name")
-        raise web.HTTPBadRequest(text=f"document name must be 1 to {limit} characters")
+        raise json_error(
+            web.HTTPBadRequest, "invalid_name", f"document name must be 1 to {limit} characters"
+        )
+    if "\x00" in name:  # PostgreSQL cannot store it; every other character is fine
+        request.app[METRICS].refused("bad_name")
+        raise json_error(
+            web.HTTPBadRequest, "invalid_name", "document name must not contain NUL (%00)"
+        )
     return name
 
 
@@ -100,9 +107,9 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     name = document_name(request)
     peer = peer_of(request)
     # Everything that can refuse a stranger happens before the upgrade, so
-    # no socket or room is ever created for one.
+    # no socket or room is ever created for one (the Origin and Host checks
+    # ran already, in guard.py's middleware).
     try:
-        check_origin(request, settings.allowed_origin)
         grant = authorize(request, settings.auth_secret, name, write=False)
     except AuthError as exc:
         metrics.refused(exc.metric)
@@ -133,6 +140,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         traffic=metrics.traffic,
         can_write=grant.can_write,
     )
+    # The server-wide tick closes the socket with 4401 once the token expires.
+    conn.expires = grant.expires
     manager.connection_count += 1
     room: Room | None = None
     try:

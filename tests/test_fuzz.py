@@ -131,8 +131,8 @@ async def test_hostile_sockets_never_harm_the_server_or_honest_edits(
     make_server: ServerFactory, shared: list[bytes], own: list[bytes], seed: int
 ) -> None:
     server = await make_server(auth_secret=SECRET, rate_messages=100_000)
-    write = issue_token(SECRET, "*", "write", 600)
-    read = issue_token(SECRET, "*", "read", 600)
+    write = issue_token(SECRET, "*", "write", 600, glob=True)
+    read = issue_token(SECRET, "*", "read", 600, glob=True)
     sessions = [Session(server.ws_url, "shared", token=write, min_backoff=0.02) for _ in range(3)]
     for s in sessions:
         await s.start()

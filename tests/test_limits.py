@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -150,3 +151,48 @@ async def test_document_name_longer_than_limit_is_400(
     assert info.value.status == 400
     async with http.get(f"{server.http_url}/api/docs/{'n' * 11}") as resp:
         assert resp.status == 400
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Read until the server closes the connection; what it sent before."""
+    return await asyncio.wait_for(reader.read(), timeout=20)
+
+
+async def test_an_unfinished_request_is_closed_after_the_request_timeout(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    server = await make_server(request_timeout=0.5)
+    editor = await make_client(url=server.ws_url)  # an open WebSocket is not a request
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /ws/doc HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert await closed_by_server(reader) == b""  # slowloris: headers never finished
+    assert await closed_by_server(silent_reader) == b""  # connected and said nothing
+    writer.close()
+    silent_writer.close()
+    other = await make_client(url=server.ws_url)
+    await others_keep_syncing(editor, other, "still open")
+
+
+async def test_a_name_with_a_newline_can_be_opened_and_read(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    name = "two\nlines"
+    writer = await make_client(name)
+    writer.doc.get("text", type=Text).insert(0, "reachable")
+    await writer.drain()
+    async with http.get(f"{server.http_url}/api/docs") as resp:
+        assert [d["name"] for d in (await resp.json())["docs"]] == [name]
+    ws = await http.ws_connect(f"{server.ws_url}/two%0Alines")
+    await ws.close()
+    assert name in server.app[MANAGER].rooms
+
+
+async def test_a_name_with_a_nul_byte_is_400(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(f"{server.ws_url}/a%00b")
+    assert info.value.status == 400
+    async with http.get(f"{server.ws_url.replace('ws:', 'http:')}/a%00b") as resp:
+        assert (await resp.json())["error"] == "invalid_name"

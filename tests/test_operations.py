@@ -106,3 +106,20 @@ async def test_serve_with_json_logs_writes_one_object_per_line() -> None:
     assert any("serving" in str(line.get("message")) for line in lines)
     close = next(line for line in lines if line.get("event") == "close")
     assert close["doc"] == "logged" and close["code"] == 1000 and "peer" in close
+
+
+async def test_close_codes_chosen_by_clients_add_no_label_values(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    for code in (4999, 3123, 4000, 1000):
+        ws = await http.ws_connect(f"{server.ws_url}/doc")
+        await ws.close(code=code)
+
+    async def counted() -> bool:
+        return 'collab_connections_closed_total{code="other"} 3.0' in await scrape(http, server)
+
+    await eventually(counted)
+    text = await scrape(http, server)
+    assert 'collab_connections_closed_total{code="1000"} 1.0' in text
+    for code in ("4999", "3123", "4000"):
+        assert f'code="{code}"' not in text

@@ -122,3 +122,19 @@ async def test_the_editor_routes_shadow_no_api_websocket_or_health_route(
     async with http.get(server.http_url + "/d/notes") as response:
         assert response.status == 200
         assert response.content_type == "text/html"
+
+
+@pytest.mark.parametrize("path", ["/assets/%00", "/assets/a%00.js", "/assets/" + "x" * 5000])
+async def test_a_name_the_filesystem_cannot_take_is_404_not_500(
+    site: str, http: aiohttp.ClientSession, path: str
+) -> None:
+    async with http.get(site + path) as response:
+        assert response.status == 404
+
+
+async def test_the_editor_page_opens_a_name_with_a_newline(
+    site: str, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(site + "/d/two%0Alines") as response:
+        assert response.status == 200
+        assert "<title>editor</title>" in await response.text()

@@ -1,0 +1,141 @@
+"""Cross-site defences in front of every route: Origin and Host checks (issue #18).
+
+A page on ``evil.example`` can make the browser of anyone who visits it
+send a "simple" POST (``text/plain``, no preflight) or open a WebSocket to
+``127.0.0.1:8080``; the browser only adds an ``Origin`` header naming the
+page.  So every state-changing request (anything but GET, HEAD and
+OPTIONS) and every upgrade whose ``Origin`` is neither the server's own
+nor listed with ``--allowed-origin`` is refused with 403.  Requests without
+an ``Origin`` (bots, curl) are not sent by a web page and pass.
+
+DNS rebinding goes further: ``evil.example`` is re-pointed at 127.0.0.1,
+the page and the server then share an origin, and even reads work.  The
+browser still sends ``Host: evil.example``, so a server without
+``--auth-secret`` (where nothing else stands in the way) answers only Hosts
+that cannot be rebound: IP addresses, ``localhost`` and ``*.localhost``,
+the ``--host`` it listens on, and names listed with ``--allowed-host``
+(as webpack-dev-server and Vite do).  A server with a secret checks the
+Host only when ``--allowed-host`` is given: a rebinding page has no token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .auth import json_error
+from .config import Settings
+from .keys import METRICS
+
+log = logging.getLogger("collab.guard")
+
+#: Methods a page may send cross-site without changing anything.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def hostname(host: str) -> str:
+    """``Host`` header -> lower-case name without port, brackets or trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        end = host.find("]")
+        return host[1:end] if end != -1 else host
+    if host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """Which ``Host`` names a server answers."""
+
+    names: frozenset[str]
+    #: ``.example.com`` entries: the name itself and its subdomains.
+    suffixes: tuple[str, ...]
+    any: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostPolicy | None:
+        """The policy, or None where no Host check is needed (a secret, no list)."""
+        if settings.auth_secret is not None and not settings.allowed_host:
+            return None
+        listed = [h.strip().lower().rstrip(".") for h in settings.allowed_host if h.strip()]
+        names = {h for h in listed if not h.startswith(".")}
+        names.update(("localhost", hostname(settings.host)))
+        suffixes = tuple(h for h in listed if h.startswith("."))
+        return cls(frozenset(names), suffixes, any="*" in names)
+
+    def allows(self, host: str) -> bool:
+        name = hostname(host)
+        if self.any or name in self.names or _is_ip(name) or name.endswith(".localhost"):
+            return True
+        return any(name == s[1:] or name.endswith(s) for s in self.suffixes)
+
+
+def origin_allowed(request: web.Request, allowed: frozenset[str]) -> bool:
+    """A browser's Origin is the server's own (same Host) or listed; no Origin passes."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in allowed:
+        return True
+    netloc = urlsplit(origin).netloc.lower()
+    return bool(netloc) and netloc == request.host.lower()
+
+
+def changes_state(request: web.Request) -> bool:
+    """A write, or an upgrade (a WebSocket may write once open)."""
+    return request.method not in SAFE_METHODS or "Upgrade" in request.headers
+
+
+def guard_middleware(settings: Settings) -> Middleware:
+    """The Origin and Host checks as an aiohttp middleware, built once per app."""
+    hosts = HostPolicy.from_settings(settings)
+    origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origin)
+    open_server = settings.auth_secret is None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if hosts is not None and host is not None and not hosts.allows(host):
+            hint = "add --allowed-host " + hostname(host)
+            if open_server:
+                hint += " or set --auth-secret"
+            _refuse(request, "host", "host_not_allowed", f"host {host!r} is not allowed ({hint})")
+        if changes_state(request) and not origin_allowed(request, origins):
+            origin = request.headers["Origin"]
+            _refuse(
+                request,
+                "origin",
+                "origin_not_allowed",
+                f"origin {origin!r} is not allowed (add --allowed-origin {origin.rstrip('/')})",
+            )
+        return await handler(request)
+
+    return guard
+
+
+def _refuse(request: web.Request, metric: str, code: str, message: str) -> None:
+    request.app[METRICS].refused(metric)
+    peer = request.remote or "?"
+    log.warning(
+        "refused %s %r peer=%s status=403 reason=%s",
+        request.method,
+        request.path,
+        peer,
+        message,
+        extra={"peer": peer, "code": 403, "reason": code},
+    )
+    raise json_error(web.HTTPForbidden, code, message)
