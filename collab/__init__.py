@@ -4,10 +4,20 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import Session, connect
+from .client import CannotConnect, ConnectionClosed, Session, SharedText, UpgradeRefused, connect
 from .closecodes import CloseCode
 
-__all__ = ["CloseCode", "Session", "__version__", "connect", "create_app"]
+__all__ = [
+    "CannotConnect",
+    "CloseCode",
+    "ConnectionClosed",
+    "Session",
+    "SharedText",
+    "UpgradeRefused",
+    "__version__",
+    "connect",
+    "create_app",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -1,8 +1,8 @@
 """An async Python client for bots and tests, built on pycrdt.
 
     async with collab.connect("ws://127.0.0.1:8080/ws", "notes") as session:
-        text = session.doc.get("text", type=pycrdt.Text)
-        text += "hello from a bot\\n"
+        text = session.text()              # edited by character index
+        text.insert(0, "hello from a bot\\n")
 
 The session keeps a pycrdt ``Doc`` in sync with the server: local changes
 are sent as they happen, remote ones applied; after a dropped connection it
@@ -16,20 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
-from pycrdt import Awareness, Doc, TransactionEvent
+from pycrdt import Awareness, Doc, Text, TransactionEvent
 
 from . import protocol
+from . import text as chars
 from .closecodes import CloseCode
 from .protocol import ProtocolError
 
 log = logging.getLogger("collab.client")
+
+#: Seconds one connection attempt (TCP, TLS and the upgrade) may take.
+ATTEMPT_TIMEOUT = 10.0
 
 
 class ConnectionClosed(Exception):
@@ -39,6 +44,74 @@ class ConnectionClosed(Exception):
         super().__init__(f"closed by server with code {code} {reason}".strip())
         self.code = code
         self.reason = reason
+
+
+#: What a refused upgrade usually means, by HTTP status.
+_REFUSALS = {
+    400: "the server refused the request (a document name that is too long?)",
+    401: "the server needs a valid token (token=...; `collab token` mints one)",
+    403: "the token does not cover this document, or the page's origin is not allowed",
+    404: "nothing serves WebSockets at this URL: collab's documents are at "
+    "ws://HOST:PORT/ws/{name}, so the URL given to connect() ends in /ws",
+}
+
+
+class UpgradeRefused(ConnectionClosed):
+    """The server answered the WebSocket upgrade with an HTTP error: retrying would not help.
+
+    ``status`` is the HTTP status.  ``code`` is the matching close code for
+    401 and 403 (``CloseCode.UNAUTHORIZED`` / ``FORBIDDEN``), else None: an
+    HTTP 404 here is a wrong URL, not the deleted document of close code 4404.
+    """
+
+    def __init__(self, url: str, status: int, message: str = "") -> None:
+        why = _REFUSALS.get(status, message)
+        Exception.__init__(self, f"HTTP {status} at the WebSocket upgrade of {url}: {why}")
+        self.code = 4000 + status if status in (401, 403) else None
+        self.reason = message
+        self.status = status
+        self.url = url
+
+
+class CannotConnect(ConnectionError):
+    """No connection could be made within ``connect_timeout``; ``__cause__`` is the last error."""
+
+
+class SharedText:
+    """A ``pycrdt.Text`` edited by character index, as Python strings count.
+
+    pycrdt counts ``Text`` positions in UTF-8 bytes, so ``text.insert(i, ...)``
+    with an index found in ``str(text)`` lands in the wrong place, or inside a
+    character, as soon as the text is not ASCII.  These methods take the
+    indices ``str(text)`` has (``collab.text`` does the conversion).
+    """
+
+    def __init__(self, text: Text) -> None:
+        #: The underlying pycrdt ``Text`` (byte positions), for ``observe`` and friends.
+        self.raw = text
+
+    def __str__(self) -> str:
+        return str(self.raw)
+
+    def __len__(self) -> int:
+        """Characters, like ``len(str(text))`` (``len(text.raw)`` counts bytes)."""
+        return chars.length(self.raw)
+
+    def __iadd__(self, value: str) -> SharedText:
+        self.raw += value
+        return self
+
+    def insert(self, index: int, value: str) -> None:
+        """Insert ``value`` before character ``index``."""
+        chars.insert(self.raw, index, value)
+
+    def delete(self, index: int, length: int) -> None:
+        """Delete ``length`` characters from character ``index`` on."""
+        chars.delete(self.raw, index, length)
+
+    def replace(self, new: str) -> None:
+        """Make the text equal ``new`` with the smallest edits (others' typing survives)."""
+        chars.replace(self.raw, new)
 
 
 class Session:
@@ -56,14 +129,14 @@ class Session:
         max_backoff: float = 5.0,
         heartbeat: float | None = 30.0,
         awareness_timeout: float = 30.0,
+        connect_timeout: float | None = None,
         http: aiohttp.ClientSession | None = None,
     ) -> None:
-        query = "?" + urlencode({"token": token}) if token else ""
         bases = [url] if isinstance(url, str) else list(url)
         if not bases:
             raise ValueError("no server URL given")
         #: One document URL per server; after a drop the next one is tried.
-        self.urls = [f"{base.rstrip('/')}/{quote(name, safe='')}{query}" for base in bases]
+        self.urls = [f"{base.rstrip('/')}/{quote(name, safe='')}" for base in bases]
         self.url = self.urls[0]
         self.name = name
         self.doc: Doc[Any] = doc if doc is not None else Doc()
@@ -71,9 +144,14 @@ class Session:
         #: Set while the socket is open and the first sync step 2 has arrived.
         self.synced = asyncio.Event()
         #: Why the session ended for good, once it has.
-        self.error: ConnectionClosed | None = None
+        self.error: ConnectionClosed | CannotConnect | None = None
+        #: The last failed connection attempt, while no connection is up.
+        self.last_failure: BaseException | None = None
         self.close_code: int | None = None
         self.connects = 0
+        # A header, not ?token=: URLs end up in proxies' and servers' access logs.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._connect_timeout = connect_timeout
         self._reconnect = reconnect
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
@@ -100,8 +178,28 @@ class Session:
         self._runner = asyncio.create_task(self._run(), name=f"collab-client-{self.name}")
         self._awareness_task = asyncio.create_task(self.awareness.start())
 
+    def text(self, name: str = "text") -> SharedText:
+        """The document's root ``Text`` called ``name``, edited by character index."""
+        return SharedText(self.doc.get(name, type=Text))
+
     async def wait_synced(self, timeout: float | None = 10.0) -> None:
-        """Wait until the document is in sync with the server."""
+        """Wait until the document is in sync with the server.
+
+        Raises ``ConnectionClosed`` / ``CannotConnect`` when the session ended
+        for good, and ``TimeoutError`` naming the last failed attempt after
+        ``timeout`` seconds.
+        """
+        try:
+            await self._wait_synced(timeout)
+        except TimeoutError:
+            if self.last_failure is None:
+                raise
+            raise TimeoutError(
+                f"not synced with {self.url} within {timeout} s; the last attempt failed: "
+                f"{_describe(self.last_failure)}"
+            ) from None
+
+    async def _wait_synced(self, timeout: float | None) -> None:
         async with asyncio.timeout(timeout):
             while not self.synced.is_set():
                 if self.error is not None:
@@ -162,41 +260,80 @@ class Session:
         self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = self._min_backoff
+        attempts = 0
+        #: Since when no connection is up: the start, or the last drop.
+        down_since = loop.time()
         try:
             while not self._stopping:
+                url = self.url
                 try:
                     await self._connect_once()
                     backoff = self._min_backoff
+                    attempts = 0
+                    down_since = loop.time()
                 except ConnectionClosed as exc:
                     self.error = exc
                     log.warning("%s: %s", self.name, exc)
                     return
                 except aiohttp.WSServerHandshakeError as exc:
-                    # 400/401/403/404 at the upgrade will not change by retrying;
-                    # report them as the matching 44xx close code.
+                    # 4xx at the upgrade will not change by retrying.
                     if 400 <= exc.status < 500 and exc.status not in (408, 429):
-                        self.error = ConnectionClosed(4000 + exc.status, exc.message)
-                        log.warning("%s: %s", self.name, self.error)
+                        self.error = UpgradeRefused(url, exc.status, exc.message)
+                        log.error("%s: %s", self.name, self.error)
                         return
-                    log.debug("%s: handshake failed: %r", self.name, exc)
+                    self.last_failure = exc
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    log.debug("%s: connect failed: %r", self.name, exc)
+                    self.last_failure = exc
                 if self._stopping or not self._reconnect:
                     return
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                delay = backoff * (0.5 + random.random())
+                if self.last_failure is not None:  # this attempt failed (not a drop)
+                    attempts += 1
+                    waited = loop.time() - down_since
+                    if self._connect_timeout is not None and waited >= self._connect_timeout:
+                        self.error = CannotConnect(
+                            f"could not connect to {url} within {self._connect_timeout:g} s "
+                            f"({attempts} attempts): {_describe(self.last_failure)}"
+                        )
+                        self.error.__cause__ = self.last_failure
+                        log.error("%s: %s", self.name, self.error)
+                        return
+                    if self._connect_timeout is not None:  # one last try at the deadline
+                        delay = min(delay, self._connect_timeout - waited)
+                    # Every failed attempt is worth a line: a bot that cannot
+                    # reach its server must not look like one that waits.
+                    log.warning(
+                        "%s: cannot connect to %s (attempt %d): %s; retrying in %.1f s",
+                        self.name,
+                        url,
+                        attempts,
+                        _describe(self.last_failure),
+                        delay,
+                    )
+                await asyncio.sleep(delay)
                 backoff = min(backoff * 2, self._max_backoff)
         finally:
             self._ended.set()
 
     async def _connect_once(self) -> None:
         assert self._http is not None
+        # A host that drops packets would hold one attempt for aiohttp's
+        # default of 5 minutes.
+        attempt = ATTEMPT_TIMEOUT
+        if self._connect_timeout is not None:
+            attempt = min(attempt, max(self._connect_timeout, 0.1))
         try:
-            ws = await self._http.ws_connect(self.url, heartbeat=self._heartbeat, max_msg_size=0)
-        except (aiohttp.ClientConnectionError, OSError):
+            async with asyncio.timeout(attempt):
+                ws = await self._http.ws_connect(
+                    self.url, heartbeat=self._heartbeat, max_msg_size=0, headers=self._headers
+                )
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             self._next_server()
             raise
         self._ws = ws
+        self.last_failure = None
         self.connects += 1
         self._outbox = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(ws, self._outbox))
@@ -307,8 +444,12 @@ async def connect(
     ``url`` may be a list of servers of one deployment: after a drop the
     session reconnects to the next one.
 
-    With ``wait`` (the default) the block starts once the document is synced.
-    ``options`` go to ``Session`` (``doc``, ``token``, ``reconnect``, backoff...).
+    With ``wait`` (the default) the block starts once the document is synced,
+    or raises after ``timeout`` seconds (``TimeoutError`` naming the last
+    failed attempt).  ``options`` go to ``Session``: ``token`` (sent as
+    ``Authorization: Bearer``), ``connect_timeout`` (give up with
+    ``CannotConnect`` when no connection could be made for that long; by
+    default a session retries for ever), ``doc``, ``reconnect``, backoff...
     """
     session = Session(url, name, **options)
     await session.start()
@@ -318,3 +459,17 @@ async def connect(
         yield session
     finally:
         await session.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """A connection error in a few words (aiohttp's reprs are long)."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if error.errno:  # "Connection refused", not "Connect call failed (...)"
+            return os.strerror(error.errno)
+        return error.strerror or str(error) or str(exc)
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return f"HTTP {exc.status} at the WebSocket upgrade"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
