@@ -321,3 +321,14 @@ def test_collab_token_mints_a_name_or_a_pattern() -> None:
     pattern = claims("--pattern", "team-*", "--mode", "read")
     assert pattern["doc_pattern"] == "team-*" and "doc" not in pattern
     assert pattern["mode"] == "read"
+
+
+async def test_an_old_glob_token_is_refused_with_a_hint_to_mint_a_pattern(
+    secured: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    old = token("team-*")  # before doc_pattern, doc held the glob
+    headers = {"Authorization": f"Bearer {old}"}
+    async with http.get(f"{secured.http_url}/api/docs/team-a", headers=headers) as resp:
+        assert resp.status == 403
+        message = (await resp.json())["message"]
+    assert "names one document exactly" in message and "--pattern" in message

@@ -249,7 +249,7 @@ async def test_server_commands_send_the_token_and_explain_a_refusal(
     assert status == 1
     assert out.startswith("collab ls: the server answered 401: ")
     assert "give --token" in out
-    token = issue_token(SECRET, "*", "read", 60)
+    token = issue_token(SECRET, "*", "read", 60, glob=True)
     status, out = await arun_cli("ls", "--server", server.http_url, "--token", token, cwd=tmp_path)
     assert status == 0, out
     assert out.startswith("NAME")
