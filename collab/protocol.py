@@ -302,6 +302,18 @@ def json_depth(value: object) -> int:
     return depth
 
 
+def decode_state_vector(state_vector: bytes) -> dict[int, int]:
+    """Client id -> clock, from an encoded state vector."""
+    reader = _Reader(state_vector)
+    count = reader.var_uint("state vector length")
+    clocks = {}
+    for _ in range(count):
+        client = reader.var_uint("state vector client")
+        clocks[client] = reader.var_uint("state vector clock")
+    reader.end("state vector")
+    return clocks
+
+
 def encode_awareness_entries(entries: Iterable[AwarenessEntry]) -> bytes:
     """Encode awareness records as an awareness update payload."""
     items = list(entries)

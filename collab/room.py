@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from pycrdt import Doc, TransactionEvent, get_update, merge_updates
+from pycrdt import ContentAttribute, Doc, IdMap, IdSet, TransactionEvent, get_update, merge_updates
 
 from . import protocol
 from .closecodes import CloseCode
@@ -67,6 +67,12 @@ class RoomLimits:
     #: Sync step 1 messages per second (in bursts of eight): each may cost an
     #: encoding of the whole document; beyond it the socket is closed with 4429.
     step1_per_second: float = 1.0
+    #: Bytes of updates that wait for missing dependencies (pending structs
+    #: and deletes of content the document lacks), also counted in the size
+    #: limit; beyond it the sender is closed with 4413.
+    max_waiting_bytes: int = 256 * 1024
+    #: Seconds such updates may wait before they are dropped.
+    waiting_timeout: float = 30.0
 
 
 class _Member(Owner):
@@ -115,6 +121,11 @@ class Room:
         self._metrics = metrics
         #: An upper bound of the encoded document size (sum of what was applied).
         self._size_bound = 0
+        #: What yrs holds back for missing dependencies, as one update (see _track_waiting).
+        self._waiting: bytes | None = None
+        self._waiting_since = 0.0
+        #: The delete set of the last transaction (to check deletes cheaply).
+        self._deleted = b""
         self._loop = asyncio.get_running_loop()
         self._origin: Origin = STORE
         self._pending: list[tuple[bytes, Origin]] = []
@@ -212,20 +223,87 @@ class Room:
         finally:
             self._origin = STORE
         self._size_bound += len(update)
+        if self._waiting is not None or not isinstance(origin, StoreOrigin):
+            self._track_waiting(update, origin)
         if self._metrics is not None:
             self._metrics.apply_seconds.observe(time.perf_counter() - started)
 
     def _check_size(self, incoming: int) -> None:
         assert self._max_doc_size is not None
-        if self._size_bound + incoming <= self._max_doc_size:
+        waiting = 0 if self._waiting is None else len(self._waiting)
+        if self._size_bound + waiting + incoming <= self._max_doc_size:
             return
-        # Near the limit the cheap bound is not enough: measure exactly.
+        # Near the limit the cheap bound is not enough: measure exactly (what
+        # waits for dependencies is not in the encoding, so it is added).
         self._size_bound = len(self.doc.get_update())
-        if self._size_bound + incoming > self._max_doc_size:
+        if self._size_bound + waiting + incoming > self._max_doc_size:
             raise ProtocolError(
                 CloseCode.DOCUMENT_TOO_LARGE,
                 f"document would exceed {self._max_doc_size} bytes",
             )
+
+    def _track_waiting(self, update: bytes, origin: Origin) -> None:
+        """Mirror what yrs keeps back for missing dependencies, and bound it.
+
+        yrs holds structs whose dependencies are missing, and deletes of
+        content it lacks, in a pending state that pycrdt does not expose:
+        it is never encoded, stored or counted, and pending deletes are
+        retried at every later update (issue #18: 767 MB accepted into a
+        4 MB document; a 16 MB orphan delete set made every edit cost 40 ms).
+
+        ``get_update(u, doc.get_state())`` is what of ``u`` the document does
+        not hold after applying it.  Its first varuint counts the clients
+        with structs: 0 means every struct was integrated, and the rest is
+        the delete set, whose ranges beyond the document's state vector are
+        the deletes that wait.  So after each update, the room keeps
+        ``_waiting``: everything not yet integrated, re-checked (and released)
+        as later updates fill the gaps.  Its size counts in the size limit,
+        beyond ``max_waiting_bytes`` the sender is refused with 4413, and
+        once it waited ``waiting_timeout`` the document is rebuilt from its
+        own encoding, which holds no pending state (``expire``).
+        """
+        state = self.doc.get_state()
+        if self._waiting is None:
+            rest = get_update(update, state)
+            if rest[0] == 0 and (rest[1:] in (b"\x00", self._deleted) or not _orphans(rest, state)):
+                return  # the common case: everything was integrated
+            self._waiting_since = self._loop.time()
+        else:
+            rest = get_update(merge_updates(self._waiting, update), state)
+            if rest[0] == 0 and (rest[1:] == b"\x00" or not _orphans(rest, state)):
+                self._waiting = None  # the gaps were filled
+                return
+        self._waiting = rest
+        limit = self._limits.max_waiting_bytes
+        if len(rest) > limit and isinstance(origin, Connection):
+            self._drop_waiting()
+            raise ProtocolError(
+                CloseCode.DOCUMENT_TOO_LARGE,
+                f"{len(rest)} bytes would wait for missing dependencies (at most {limit})",
+            )
+
+    def _drop_waiting(self) -> None:
+        """Forget what waits for dependencies: rebuild the document from its encoding."""
+        if self._waiting is None:
+            return
+        log.warning(
+            "dropped %d bytes of %r that waited for missing dependencies",
+            len(self._waiting),
+            self.name,
+        )
+        self._waiting = None
+        encoded = self.doc.get_update()
+        doc: Doc[Any] = Doc()
+        doc.apply_update(encoded)
+        self.doc.unobserve(self._doc_sub)
+        self.doc = doc
+        self._doc_sub = doc.observe(self._on_change)
+        self._size_bound = len(encoded)
+
+    def expire_waiting(self, now: float) -> None:
+        """Drop updates that waited ``waiting_timeout`` for their dependencies."""
+        if self._waiting is not None and now - self._waiting_since >= self._limits.waiting_timeout:
+            self._drop_waiting()
 
     def _answer_step1(self, conn: Connection, state_vector: bytes) -> None:
         """Queue the answer to a sync step 1, encoded only when it can be sent.
@@ -341,6 +419,7 @@ class Room:
     # -- outgoing -------------------------------------------------------------
 
     def _on_change(self, event: TransactionEvent) -> None:
+        self._deleted = getattr(event, "delete_set", b"")  # not in pycrdt's stubs
         update: bytes = event.update
         if update == protocol.EMPTY_UPDATE:
             return
@@ -407,6 +486,19 @@ class Room:
 
 
 _DEFAULT_LIMITS = RoomLimits()
+
+#: Any attribute: IdMap keeps ranges only when they carry one.
+_MARK = [ContentAttribute("x", True)]
+
+
+def _orphans(rest: bytes, state_vector: bytes) -> bool:
+    """Whether the delete set of ``rest`` (an update without structs) names
+    content beyond ``state_vector``: deletes yrs keeps pending."""
+    deletes = IdMap.from_set(IdSet.decode(rest[1:]), _MARK)
+    known = IdMap()
+    for client, clock in protocol.decode_state_vector(state_vector).items():
+        known.insert(client, 0, clock, _MARK)
+    return bool(deletes - known)
 
 
 def _merge(updates: list[bytes]) -> bytes:

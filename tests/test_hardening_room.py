@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from pycrdt import Awareness, Doc, Text
+from pycrdt import Awareness, Doc, Encoder, Text
 
 from collab import protocol
 from collab.closecodes import CloseCode
@@ -272,3 +272,101 @@ async def test_an_honest_client_syncs_while_another_floods_queries(
         answers += isinstance(message, protocol.AwarenessUpdate)
     assert answers <= 3  # the join's presence and at most two answers
     await ws.close()
+
+
+# -- finding 5: updates with missing dependencies ------------------------------------------
+
+
+def chained_edits(count: int, size: int) -> tuple[bytes, list[bytes]]:
+    """A first edit, and ``count`` edits of ``size`` bytes that all depend on it."""
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    text.insert(0, "first")
+    first = doc.get_update()
+    later = []
+    for _ in range(count):
+        before = doc.get_state()
+        text.insert(len(text), "w" * size)
+        later.append(doc.get_update(before))
+    return first, later
+
+
+def orphan_deletes(ranges: int, client: int = 424_242) -> bytes:
+    """An update deleting ``ranges`` separate characters nobody ever wrote."""
+    encoder = Encoder()
+    encoder.write_var_uint(0)  # no structs
+    encoder.write_var_uint(1)  # a delete set for one client...
+    encoder.write_var_uint(client)
+    encoder.write_var_uint(ranges)  # ...of that many (clock, length) ranges
+    for i in range(ranges):
+        encoder.write_var_uint(2 * i)
+        encoder.write_var_uint(1)
+    return encoder.to_bytes()
+
+
+async def test_updates_waiting_for_missing_dependencies_count_in_the_size_limit(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(max_doc_size=200_000)
+    honest = await make_client(url=server.ws_url)
+    _, later = chained_edits(8, 40_000)
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for update in later:  # never the first edit: all of them wait
+        if ws.closed:
+            break
+        await ws.send_bytes(protocol.sync_update(update))
+    assert await closed_with(ws) == CloseCode.DOCUMENT_TOO_LARGE
+    honest.doc.get("text", type=Text).insert(0, "still fine")
+    reader = await make_client(url=server.ws_url)
+    await reader.wait_for(lambda: text_of(reader) == "still fine")
+
+
+async def test_waiting_structs_beyond_the_budget_are_refused_with_4413(
+    server: InProcessServer, http: aiohttp.ClientSession
+) -> None:
+    _, later = chained_edits(2, 200_000)
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for update in later:
+        if ws.closed:
+            break
+        await ws.send_bytes(protocol.sync_update(update))
+    assert await closed_with(ws) == CloseCode.DOCUMENT_TOO_LARGE
+    assert server.app[MANAGER].rooms["doc"]._waiting is None  # dropped with the sender
+
+
+async def test_a_delete_set_for_missing_content_beyond_the_budget_is_refused_with_4413(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    honest = await make_client()
+    deletes = orphan_deletes(80_000)
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    await ws.send_bytes(protocol.sync_update(deletes))
+    assert await closed_with(ws) == CloseCode.DOCUMENT_TOO_LARGE
+    honest.doc.get("text", type=Text).insert(0, "typing on")
+    room = server.app[MANAGER].rooms["doc"]
+    await eventually(lambda: str(room.doc.get("text", type=Text)) == "typing on")
+    assert room._waiting is None
+
+
+async def test_waiting_updates_are_released_when_the_gap_fills_and_dropped_when_it_does_not() -> (
+    None
+):
+    room = Room("doc", store=MemoryStore(), limits=RoomLimits(waiting_timeout=5))
+    conn = Connection(MemoryChannel(), doc="doc", peer="test")
+    room.join(conn)
+    first, later = chained_edits(2, 10)
+    for update in later:
+        room.handle(conn, protocol.sync_update(update))
+    assert room._waiting is not None
+    room.handle(conn, protocol.sync_update(first))
+    assert room._waiting is None
+    assert str(room.doc.get("text", type=Text)) == "first" + "w" * 20
+    # Deletes of content nobody sent wait, then are dropped; the text stays.
+    room.handle(conn, protocol.sync_update(orphan_deletes(10)))
+    assert room._waiting is not None
+    room.expire_waiting(room._waiting_since + 1)
+    assert room._waiting is not None
+    room.expire_waiting(room._waiting_since + 5)
+    assert room._waiting is None
+    assert str(room.doc.get("text", type=Text)) == "first" + "w" * 20
+    await room.close()
