@@ -90,16 +90,19 @@ class RoomManager:
                 log.exception("tick failed")
 
     def tick(self) -> None:
-        """Ping silent connections, drop unresponsive ones, expire stale presence."""
+        """Ping silent connections, drop unresponsive ones and expired tokens, expire presence."""
         now = asyncio.get_running_loop().time()
         now_ms = time.time() * 1000
         heartbeat = self._heartbeat
         for room in list(self.rooms.values()):
             room.expire_awareness(now_ms)
             room.expire_waiting(now)
-            if heartbeat is not None:
-                for conn in list(room.connections):
+            for conn in list(room.connections):
+                if heartbeat is not None:
                     conn.check_alive(now, heartbeat)
+                # A token that expires closes the sockets it opened (issue #18).
+                if conn.expires is not None and conn.expires * 1000 <= now_ms:
+                    conn.close(CloseCode.UNAUTHORIZED, "token expired")
 
     async def acquire(self, name: str) -> Room:
         """The open room for ``name``, loading it if needed.
