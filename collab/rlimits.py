@@ -68,7 +68,7 @@ def raise_open_files(max_connections: int) -> OpenFiles | None:
         # macOS refuses an unlimited soft limit and may refuse its own hard one.
         targets = [_UNLIMITED_CAP, 10_240] if hard == unlimited else [hard, 10_240]
         for target in targets:
-            if not soft < target <= hard:
+            if target <= soft or (hard != unlimited and target > hard):
                 continue
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -123,3 +123,24 @@ async def test_accepts_failing_for_want_of_descriptors_are_logged(event_loop: st
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/ws/doc")
             await ws.close()
+
+
+def test_an_unlimited_hard_limit_raises_the_soft_one_to_the_most_the_system_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # macOS: the hard limit is unlimited, the soft one cannot be, and the
+    # kernel caps it lower still.
+    from collab import rlimits
+
+    unlimited = resource.RLIM_INFINITY
+    asked: list[int] = []
+
+    def setrlimit(which: int, limits: tuple[int, int]) -> None:
+        asked.append(limits[0])
+        if limits[0] > 10_240:
+            raise ValueError("not allowed")
+
+    monkeypatch.setattr(rlimits.resource, "getrlimit", lambda which: (256, unlimited))
+    monkeypatch.setattr(rlimits.resource, "setrlimit", setrlimit)
+    assert rlimits.raise_open_files(100) == rlimits.OpenFiles(256, 10_240, -1)
+    assert asked == [1 << 20, 10_240]
