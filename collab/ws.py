@@ -27,8 +27,11 @@ YIELD_EVERY = 64
 #: What receive() returns once the socket is closing or closed.
 _CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
-#: Goodbyes that are nobody's fault: no warning for these.
-_ORDINARY_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY, 1005, 1006, None})
+#: Goodbyes that are nobody's fault: no warning for these (an open socket is
+#: closed with 4401 only when its token expires).
+_ORDINARY_CLOSES = frozenset(
+    {CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.UNAUTHORIZED, 1005, 1006, None}
+)
 
 
 class WebSocketChannel:

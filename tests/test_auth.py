@@ -23,7 +23,7 @@ from collab.config import Settings
 from collab.keys import MANAGER
 from collab.testing.server import InProcessServer, free_port
 from tests.conftest import ClientFactory, ServerFactory
-from tests.helpers import text_of
+from tests.helpers import logged, text_of
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -247,7 +247,7 @@ async def test_refusals_are_json_errors_with_a_stable_code(
 
 
 async def test_an_open_socket_is_closed_with_4401_when_its_token_expires(
-    make_server: ServerFactory, http: aiohttp.ClientSession
+    make_server: ServerFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     # awareness_timeout 1 s: the server-wide tick runs every 0.1 s.
     server = await make_server(auth_secret=SECRET, awareness_timeout=1.0)
@@ -262,6 +262,7 @@ async def test_an_open_socket_is_closed_with_4401_when_its_token_expires(
     assert expiring.close_code == CloseCode.UNAUTHORIZED
     assert msg.extra == "token expired"
     assert not staying.closed  # a token that has not expired keeps its socket
+    await logged(caplog, "code=4401", "reason=token expired")
     room = server.app[MANAGER].rooms["doc"]
     assert len(room.connections) == 1
     await staying.close()
