@@ -27,6 +27,7 @@ import pytest
 from aiohttp import web
 from pycrdt import Text
 
+import collab.app  # noqa: F401 - imported now, not on the first test's event loop
 from collab.auth import issue_token
 from collab.static import DEFAULT_DIST, setup_frontend
 from collab.testing.server import InProcessServer, ServerProcess, free_port

@@ -7,11 +7,11 @@ import { ask } from './dialog.js'
 export function explain (err) {
   if (!(err instanceof ApiError)) return 'The server cannot be reached. Check your connection and try again.'
   switch (err.code) {
-    case 'no_token': return 'This server needs an access token.'
-    case 'expired': return 'Your access token has expired: ask for a new link.'
-    case 'bad_token': return 'Your access token is not valid here.'
+    case 'no_token': case 'token_required': return 'This server needs an access token.'
+    case 'expired': case 'token_expired': return 'Your access token has expired: ask for a new link.'
+    case 'bad_token': case 'token_invalid': return 'Your access token is not valid here.'
     case 'read_only': return 'Your access lets you read, not change documents.'
-    case 'wrong_doc': return 'Your access does not cover this document.'
+    case 'wrong_doc': case 'document_not_allowed': return 'Your access does not cover this document.'
     case 'name_taken': return 'A document with that name already exists.'
     case 'not_found': return 'That document no longer exists.'
   }

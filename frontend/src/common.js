@@ -45,6 +45,12 @@ export function tokenClaims (value = currentToken) {
   }
 }
 
+/** The documents a token covers: its exact `doc`, or its `doc_pattern` glob. */
+export function tokenScope (value = currentToken) {
+  const claims = tokenClaims(value)
+  return claims.doc ?? claims.doc_pattern ?? null
+}
+
 /** `path` on this page's origin with the token kept in the query, for links between pages. */
 export function withToken (path, value = currentToken) {
   if (!value) return path

@@ -37,6 +37,9 @@ const CONFIRM_DELAY = 250
 
 const LIMIT_KEY = 'collab.maxMessage'
 
+/** An unconfirmed message this large, sent before an abnormal close, may be why. */
+const SUSPECT_SIZE = 64 * 1024
+
 function learnedLimit () {
   try {
     return Number(sessionStorage.getItem(LIMIT_KEY)) || null
@@ -75,6 +78,7 @@ export class Connection {
     this.socketOpened = false
     this.openedAt = 0
     this.largestSent = 0
+    this.suspectSize = 0
     this.maxMessage = learnedLimit()
     this.backoff = 0
     this.retryTimer = null
@@ -250,6 +254,7 @@ export class Connection {
       this.confirmedSeq = Math.max(this.confirmedSeq, probe.seq)
       this.confirmedClock = Math.max(this.confirmedClock, probe.clock)
       this.largestSent = 0
+      this.suspectSize = 0
     }
     if (this.unsaved) this.scheduleConfirm()
     this.emit()
@@ -312,9 +317,28 @@ export class Connection {
     } else if (!opened) {
       this.setState('offline', { unreachable: this.state.unreachable })
       this.diagnose()
+    } else if (this.tooBigAgain(event)) {
+      this.refuseClose('too-big', { code: 1009, reason: '' })
     } else {
       this.setState('offline')
     }
+  }
+
+  /**
+   * A server that refuses an oversized message may reset the connection
+   * while the message is still arriving: the browser then sees 1006, not
+   * 1009.  The same big unconfirmed message dropping the connection twice in
+   * a row is taken as that refusal, instead of resending it forever.
+   */
+  tooBigAgain (event) {
+    const size = this.largestSent
+    if (event.code !== 1006 || size < SUSPECT_SIZE) {
+      this.suspectSize = 0
+      return false
+    }
+    if (this.suspectSize && size >= this.suspectSize * 0.9) return true
+    this.suspectSize = size
+    return false
   }
 
   refuseClose (kind, event) {
@@ -352,7 +376,7 @@ export class Connection {
     this.provider.disconnect()
     const kind = access.kind === 'forbidden'
       ? 'forbidden'
-      : access.code === 'expired' ? 'expired' : 'signin'
+      : access.code === 'expired' || access.code === 'token_expired' ? 'expired' : 'signin'
     this.setState(kind, { code: access.code, reason: access.message, hasToken: Boolean(getToken()) })
   }
 

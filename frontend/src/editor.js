@@ -17,10 +17,10 @@ import { highlightSelectionMatches, openSearchPanel, search, searchKeymap } from
 import { tags } from '@lezer/highlight'
 import {
   PALETTE, api, colorFor, copyText, editorHref, formatBytes, getToken, h, initials, keepTokenInLinks,
-  lighten, loadUser, saveUser, setToken, toast, tokenClaims, tokenFromInput, withToken
+  lighten, loadUser, saveUser, setToken, toast, tokenClaims, tokenFromInput, tokenScope, withToken
 } from './common.js'
 import { Connection } from './connection.js'
-import { openLocalCopy } from './local.js'
+import { openLocalCopy, storedText } from './local.js'
 import { deleteDocument, downloadDocument, explain, renameDocument } from './actions.js'
 import { menu, popover } from './dialog.js'
 
@@ -296,7 +296,7 @@ function bannerFor (state) {
         extra: tokenForm('Continue')
       }
     case 'forbidden': {
-      const scope = tokenClaims().doc
+      const scope = tokenScope()
       return {
         tone: 'bad',
         title: 'You do not have access to this document',
@@ -633,7 +633,7 @@ async function shareLinks () {
     const view = await mint('read')
     const claims = tokenClaims()
     const edit = claims.mode === 'write' ? await mint('write') : null
-    return { mode: claims.mode || 'read', view, edit, scope: view.doc ?? claims.doc }
+    return { mode: claims.mode || 'read', view, edit, scope: view.doc_pattern ?? view.doc ?? tokenScope() }
   } catch (err) {
     if (err.code === 'auth_disabled' || (err.status === 404 && !getToken())) return { open: true }
     return { error: explain(err) }
@@ -738,5 +738,6 @@ if (editorOpen) view.focus()
 
 // For the console and the browser tests: the live objects of this page.
 window.collab = {
-  name, ydoc, ytext, provider, awareness, view, undoManager, conn, text: () => ytext.toString(), get local () { return local }
+  name, ydoc, ytext, provider, awareness, view, undoManager, conn, text: () => ytext.toString(), get local () { return local },
+  storedText: () => storedText(name, Y)
 }

@@ -101,7 +101,7 @@ async function refresh () {
     tokenForm.hidden = true
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
-      document.getElementById('token-why').textContent = err.code === 'expired'
+      document.getElementById('token-why').textContent = err.code === 'expired' || err.code === 'token_expired'
         ? 'Your access has expired: paste the new token or link you were given.'
         : getToken()
           ? 'The token in this link is not valid here: paste the token or link you were given.'

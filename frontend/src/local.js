@@ -42,3 +42,14 @@ export async function openLocalCopy (name, ydoc) {
     }
   }
 }
+
+/** The text this browser has stored for `name`, read into a fresh document (for tests and the console). */
+export async function storedText (name, Y) {
+  const doc = new Y.Doc()
+  const copy = new IndexeddbPersistence(`collab:${name}`, doc)
+  await copy.whenSynced
+  const text = doc.getText('text').toString()
+  await copy.destroy()
+  doc.destroy()
+  return text
+}
