@@ -105,6 +105,7 @@ const theme = EditorView.theme({
     fontWeight: '600',
     lineHeight: '16px',
     letterSpacing: '0.01em',
+    whiteSpace: 'nowrap',
     color: '#fff',
     opacity: '0',
     transition: 'opacity 0.25s ease',
@@ -112,6 +113,7 @@ const theme = EditorView.theme({
     boxShadow: '0 1px 2px rgba(15, 23, 42, 0.2)',
     zIndex: '3'
   },
+  '.cm-ySelectionCaret.flip .cm-ySelectionInfo': { left: 'auto', right: '3px', borderRadius: '4px 0 4px 4px' },
   '.cm-ySelectionCaret:hover .cm-ySelectionInfo, .cm-ySelectionCaret.recent .cm-ySelectionInfo': {
     opacity: '1', transitionDelay: '0s'
   },
@@ -223,6 +225,7 @@ const statusLabel = statusEl.querySelector('.status-label')
 const syncNote = document.getElementById('sync-note')
 const banner = document.getElementById('banner')
 const readOnlyBadge = document.getElementById('read-only')
+const shareButton = document.getElementById('share-button')
 let local = null // this browser's copy, once opened
 let leaving = false // navigating away on purpose (after a rename or delete)
 let newDismissed = false
@@ -433,6 +436,8 @@ function render () {
   }
   readOnlyBadge.hidden = !conn.readOnly
   document.body.dataset.state = kind
+  // Nothing to share without access to the document itself.
+  shareButton.disabled = ['signin', 'expired', 'forbidden', 'gone', 'removed'].includes(kind)
   showUndoState()
   for (const button of writerOnly) button.hidden = conn.readOnly
 }
@@ -473,6 +478,14 @@ ydoc.on('update', (_update, origin) => {
   if (origin !== provider && conn.isNew && !newDismissed && conn.state.kind === 'connected') {
     newDismissed = true
     render()
+  }
+})
+
+// Ctrl+S out of habit: there is nothing to save by hand, say where things stand.
+window.addEventListener('keydown', (event) => {
+  if ((event.ctrlKey || event.metaKey) && !event.altKey && event.key.toLowerCase() === 's') {
+    event.preventDefault()
+    toast(conn.unsaved || !conn.connected ? syncNote.textContent || 'Not connected' : 'Everything is saved as you type')
   }
 })
 
@@ -560,8 +573,12 @@ awareness.on('change', ({ updated, added }) => {
 function markRecentCarets () {
   const now = Date.now()
   const recent = new Set([...caretMoves.values()].filter((m) => now - m.at < 1500).map((m) => m.name))
+  const right = view.dom.getBoundingClientRect().right
   for (const caret of view.dom.querySelectorAll('.cm-ySelectionCaret')) {
-    caret.classList.toggle('recent', recent.has(caret.querySelector('.cm-ySelectionInfo')?.textContent || ''))
+    const info = caret.querySelector('.cm-ySelectionInfo')
+    caret.classList.toggle('recent', recent.has(info?.textContent || ''))
+    // Near the right edge the tag goes to the caret's left, inside the page.
+    if (info) caret.classList.toggle('flip', caret.getBoundingClientRect().left + info.offsetWidth + 8 > right)
   }
   if (recent.size) setTimeout(markRecentCarets, 400)
 }
@@ -695,7 +712,7 @@ async function openShare () {
   shareBody.replaceChildren(...rows)
 }
 
-document.getElementById('share-button').addEventListener('click', openShare)
+shareButton.addEventListener('click', openShare)
 document.getElementById('share-close').addEventListener('click', () => shareDialog.close())
 shareDialog.addEventListener('click', (event) => { if (event.target === shareDialog) shareDialog.close() })
 
