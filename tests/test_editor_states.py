@@ -158,6 +158,31 @@ async def test_an_expired_token_asks_for_a_new_one(
     await page.snap(f"expired-{width}")
 
 
+async def test_a_token_that_expires_while_open_locks_the_page_until_a_new_one_is_given(
+    frontend_dist: Path, make_server: ServerFactory, open_page: Any, width: int
+) -> None:
+    server = await make_server(auth_secret=SECRET, awareness_timeout=5)  # a 0.5 s tick
+    short = issue_token(SECRET, "plans", "write", 8)
+    page = await open_page(editor_url(server.http_url, "plans", f"?token={short}"))
+    await page.tab.wait_status("connected")
+    await page.tab.type_at_end("before expiry. ")
+    await page.wait_saved()
+    await page.tab.wait_status("expired")  # closed with 4401 by the server
+    assert "expired" in await page.banner()
+    await page.assert_locked()
+    await page.snap(f"expired-while-open-{width}")
+    sockets = len(page.sockets)
+
+    fresh = issue_token(SECRET, "plans", "write", 600)
+    await page.page.fill("#banner .token-input", fresh)
+    await page.page.press("#banner .token-input", "Enter")
+    await page.tab.wait_status("connected")
+    await page.tab.type_at_end("after.")
+    await page.wait_saved()
+    assert len(page.sockets) == sockets + 1
+    assert await server_text(server, "plans", fresh) == "before expiry. after."
+
+
 # --- refused changes ------------------------------------------------------------------
 
 
