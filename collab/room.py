@@ -73,6 +73,12 @@ class RoomLimits:
     max_waiting_bytes: int = 256 * 1024
     #: Seconds such updates may wait before they are dropped.
     waiting_timeout: float = 30.0
+    #: Memory a document may take, as estimated from the structs of its updates
+    #: (``UpdateShape.memory``): nested maps cost ~50x their encoded size, so
+    #: --max-doc-size alone let one document take gigabytes; beyond it 4413.
+    max_doc_memory: int = 1024 * 1024 * 1024
+    #: How deeply shared types and JSON values may nest (1007 beyond it).
+    max_depth: int = protocol.MAX_DEPTH
 
 
 class _Member(Owner):
@@ -126,6 +132,10 @@ class Room:
         self._waiting_since = 0.0
         #: The delete set of the last transaction (to check deletes cheaply).
         self._deleted = b""
+        #: Where the nested items are (to bound nesting across updates), and
+        #: what the document costs in memory, both as read by scan_update.
+        self._levels: protocol.Levels = {}
+        self.memory = 0
         self._loop = asyncio.get_running_loop()
         self._origin: Origin = STORE
         self._pending: list[tuple[bytes, Origin]] = []
@@ -141,10 +151,17 @@ class Room:
 
     # -- lifecycle ------------------------------------------------------------
 
-    def load(self, update: bytes | None) -> None:
-        """Apply the stored state; it is neither broadcast nor stored again."""
+    def load(self, update: bytes | None, shape: protocol.UpdateShape | None = None) -> None:
+        """Apply the stored state; it is neither broadcast nor stored again.
+
+        ``shape`` is the stored state's ``scan_update`` (done aside by the
+        room manager): it seeds the nesting levels and the memory estimate.
+        """
         if update:
             self.apply_update(update, STORE)
+        if shape is not None:
+            protocol.add_levels(self._levels, shape.levels)
+            self.memory += shape.memory()
 
     async def close(self, *, flush: bool = True) -> None:
         """Stop background work; ``flush=False`` drops unsent changes (deletion)."""
@@ -205,6 +222,9 @@ class Room:
 
     def apply_update(self, update: bytes, origin: Origin) -> None:
         """Apply an update once; the observer queues its broadcast and storage."""
+        shape = None
+        if not isinstance(origin, StoreOrigin):
+            shape = self._shape_of(update, origin)
         if self._max_doc_size is not None and not isinstance(origin, (StoreOrigin, PeerOrigin)):
             self._check_size(len(update))
         self._origin = origin
@@ -223,10 +243,38 @@ class Room:
         finally:
             self._origin = STORE
         self._size_bound += len(update)
+        if shape is not None:
+            protocol.add_levels(self._levels, shape.levels)
+            self.memory += shape.memory()
         if self._waiting is not None or not isinstance(origin, StoreOrigin):
             self._track_waiting(update, origin)
         if self._metrics is not None:
             self._metrics.apply_seconds.observe(time.perf_counter() - started)
+
+    def _shape_of(self, update: bytes, origin: Origin) -> protocol.UpdateShape | None:
+        """Read the update's structs; refuse it if it nests too deep or costs too much memory.
+
+        The levels of the document's nested items make nesting checked across
+        updates, not only within one.  Another process's updates are applied
+        whatever they hold (it checked them): the processes must not diverge.
+        """
+        limits = self._limits
+        try:
+            shape = protocol.scan_update(update, self._levels, limits.max_depth)
+        except ProtocolError as exc:
+            if isinstance(origin, PeerOrigin):
+                log.warning("applied an update of %r from a peer unchecked: %s", self.name, exc)
+                return None
+            raise
+        if (
+            not isinstance(origin, PeerOrigin)
+            and self.memory + shape.memory() > limits.max_doc_memory
+        ):
+            raise ProtocolError(
+                CloseCode.DOCUMENT_TOO_LARGE,
+                f"document would take more than {limits.max_doc_memory} bytes of memory",
+            )
+        return shape
 
     def _check_size(self, incoming: int) -> None:
         assert self._max_doc_size is not None

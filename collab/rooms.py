@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from pycrdt import Doc
 from .closecodes import CloseCode
 from .memory import MemoryReleaser
 from .metrics import Metrics
+from .protocol import ProtocolError, UpdateShape, scan_update
 from .pubsub import Broker, Message
 from .room import Room, RoomLimits
 from .store import Store
@@ -133,6 +135,9 @@ class RoomManager:
                 self._early[name] = []
                 await self.broker.subscribe(name)
             update = await self.store.load(name)
+            # Seeds the room's nesting levels and memory estimate; Python
+            # work proportional to the document, so aside from the loop.
+            shape = await asyncio.to_thread(_shape_of_stored, name, update) if update else None
             room = Room(
                 name,
                 store=self.store,
@@ -144,7 +149,7 @@ class RoomManager:
                 limits=self.room_limits,
             )
             try:
-                room.load(update)
+                room.load(update, shape)
             except Exception:
                 await room.close()
                 raise
@@ -293,6 +298,15 @@ class RoomManager:
                 await self.store.flush()
         except TimeoutError:
             log.error("store did not flush within %.0fs during shutdown", timeout)
+
+
+def _shape_of_stored(name: str, update: bytes) -> UpdateShape | None:
+    """What a stored document holds; never refused (it was checked when written)."""
+    try:
+        return scan_update(update, max_depth=sys.maxsize)
+    except ProtocolError as exc:
+        log.warning("could not read the structs of stored %r: %s", name, exc)
+        return None
 
 
 def _missing_from(stored: bytes | None, state: bytes) -> bytes | None:

@@ -7,18 +7,20 @@ show the effect; the costs themselves are measured by ``bench.attacks``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
-from pycrdt import Awareness, Doc, Encoder, Text
+from pycrdt import Array, Awareness, Doc, Encoder, Map, Text
 
 from collab import protocol
 from collab.closecodes import CloseCode
 from collab.connection import Connection
 from collab.keys import MANAGER, METRICS
 from collab.origins import LOCAL
-from collab.protocol import AwarenessEntry
+from collab.protocol import AwarenessEntry, ProtocolError
 from collab.room import Room, RoomLimits
 from collab.store import MemoryStore
 from collab.testing.server import InProcessServer
@@ -370,3 +372,115 @@ async def test_waiting_updates_are_released_when_the_gap_fills_and_dropped_when_
     assert room._waiting is None
     assert str(room.doc.get("text", type=Text)) == "first" + "w" * 20
     await room.close()
+
+
+# -- finding 6: memory per document, and nesting -------------------------------------------
+
+
+def one_level_per_update(depth: int) -> list[bytes]:
+    """Maps nested ``depth`` deep, one level per update (each names its parent)."""
+    doc = Doc()
+    level = doc.get("map", type=Map)
+    updates = []
+    for _ in range(depth):
+        before = doc.get_state()
+        inner: Map[Any] = Map()
+        level["k"] = inner
+        level = inner
+        updates.append(doc.get_update(before))
+    return updates
+
+
+def arrays_beside(depth: int) -> list[bytes]:
+    """Arrays nested ``depth`` deep, each inserted after an element of its parent:
+    the update names only that element (its origin), not the parent."""
+    doc = Doc()
+    level = doc.get("array", type=Array)
+    updates = []
+    for _ in range(depth):
+        before = doc.get_state()
+        level.append(0)
+        updates.append(doc.get_update(before))
+        before = doc.get_state()
+        inner: Array[Any] = Array()
+        level.append(inner)
+        level = inner
+        updates.append(doc.get_update(before))
+    return updates
+
+
+async def test_nesting_one_level_per_update_is_refused_with_1007_at_the_bound(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    honest = await make_client()
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for update in one_level_per_update(80):
+        if ws.closed:
+            break
+        await ws.send_bytes(protocol.sync_update(update))
+    assert await closed_with(ws) == CloseCode.INVALID_DATA
+    room = server.app[MANAGER].rooms["doc"]
+    depth, level = 0, room.doc.get("map", type=Map)
+    while "k" in level:
+        level, depth = level["k"], depth + 1
+    assert depth < protocol.MAX_DEPTH
+    honest.doc.get("text", type=Text).insert(0, "unharmed")
+    await eventually(lambda: str(room.doc.get("text", type=Text)) == "unharmed")
+
+
+async def test_nesting_through_origins_across_updates_is_refused() -> None:
+    room = Room("doc", store=MemoryStore(), limits=RoomLimits(max_depth=10))
+    conn = Connection(MemoryChannel(), doc="doc", peer="test")
+    room.join(conn)
+    updates = arrays_beside(12)
+    with pytest.raises(ProtocolError) as info:
+        for update in updates:
+            room.handle(conn, protocol.sync_update(update))
+    assert info.value.code == CloseCode.INVALID_DATA
+    assert "nested deeper than 10" in info.value.reason
+    await room.close()
+
+
+async def test_nesting_of_a_stored_document_counts_after_it_is_loaded_again() -> None:
+    doc = Doc()
+    for update in one_level_per_update(9):
+        doc.apply_update(update)
+    stored = doc.get_update()
+    room = Room("doc", store=MemoryStore(), limits=RoomLimits(max_depth=10))
+    room.load(stored, protocol.scan_update(stored, max_depth=sys.maxsize))
+    conn = Connection(MemoryChannel(), doc="doc", peer="test")
+    room.join(conn)
+    writer = Doc()
+    writer.apply_update(stored)
+    level = writer.get("map", type=Map)
+    while "k" in level:
+        level = level["k"]
+    before = writer.get_state()
+    level["k"] = Map({"deeper": Map()})
+    with pytest.raises(ProtocolError, match="nested deeper than 10"):
+        room.handle(conn, protocol.sync_update(writer.get_update(before)))
+    await room.close()
+
+
+async def test_a_document_that_would_take_too_much_memory_is_refused_with_4413(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server()
+    server.app[MANAGER].room_limits = RoomLimits(max_doc_memory=1024 * 1024)
+    honest = await make_client(url=server.ws_url)
+    doc = Doc()
+    ws = await http.ws_connect(f"{server.ws_url}/doc")
+    for batch in range(10):  # small maps: ~10 bytes encoded, ~550 in memory, each
+        before = doc.get_state()
+        with doc.transaction():
+            mapping = doc.get("map", type=Map)
+            for i in range(500):
+                mapping[f"{batch}.{i}"] = Map()
+        if ws.closed:
+            break
+        await ws.send_bytes(protocol.sync_update(doc.get_update(before)))
+    assert await closed_with(ws) == CloseCode.DOCUMENT_TOO_LARGE
+    room = server.app[MANAGER].rooms["doc"]
+    assert room.memory <= 1024 * 1024
+    honest.doc.get("text", type=Text).insert(0, "still here")
+    await eventually(lambda: str(room.doc.get("text", type=Text)) == "still here")

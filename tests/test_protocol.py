@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pycrdt import Awareness, Doc, Text, create_sync_message
+from pycrdt import (
+    Array,
+    Awareness,
+    Doc,
+    IdSet,
+    Map,
+    Text,
+    XmlElement,
+    XmlFragment,
+    XmlText,
+    create_sync_message,
+    get_state,
+    get_update,
+)
 
 from collab import protocol
 from collab.closecodes import CloseCode
@@ -124,3 +138,131 @@ def test_merged_awareness_equals_applying_updates_in_order(
     assert {k: v for k, v in one_by_one.states.items() if k != own} == {
         k: v for k, v in merged.states.items() if k != merged.client_id
     }
+
+
+# -- scan_update: reading what an update holds ---------------------------------------------
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "text",
+                "text-del",
+                "format",
+                "embed",
+                "map",
+                "map-nest",
+                "array",
+                "array-del",
+                "array-nest",
+                "xml",
+                "any",
+                "other-client",
+            ]
+        ),
+        st.integers(0, 50),
+        st.text(max_size=6),
+    ),
+    max_size=25,
+)
+
+
+def random_docs(ops: list[tuple[str, int, str]]) -> list[bytes]:
+    """Updates of two clients editing every kind of shared type, plus the merged state."""
+    docs = [Doc(), Doc()]
+    updates = []
+    who = 0
+    for op, n, word in ops:
+        if op == "other-client":
+            other = docs[1 - who]
+            updates.append(docs[who].get_update(other.get_state()))
+            other.apply_update(updates[-1])
+            who = 1 - who
+            continue
+        doc = docs[who]
+        before = doc.get_state()
+        text = doc.get("text", type=Text)
+        mapping = doc.get("map", type=Map)
+        array = doc.get("array", type=Array)
+        xml = doc.get("xml", type=XmlFragment)
+        with doc.transaction():
+            if op == "text":
+                # pycrdt positions are UTF-8 bytes: ASCII here, the rest appended.
+                text.insert(n % (len(text) + 1), word.encode("ascii", "ignore").decode())
+                doc.get("unicode", type=Text).insert(0, word + "é😀")
+            elif op == "text-del" and len(text):
+                del text[n % len(text) : n % len(text) + 1]
+            elif op == "format" and len(text):
+                text.format(0, len(text), {"bold": True, "n": [n, {"k": word}]})
+            elif op == "embed":
+                text.insert_embed(n % (len(text) + 1), {"image": word, "size": [n, n]})
+            elif op == "map":
+                mapping[word] = [n, word, {"deep": {"er": [1.5, None, True]}}, b"\x01"]
+            elif op == "map-nest":
+                mapping[word] = Map({"inner": Array([Map({"x": n})])})
+            elif op == "array":
+                array.insert(n % (len(array) + 1), word)
+            elif op == "array-del" and len(array):
+                del array[n % len(array)]
+            elif op == "array-nest":
+                array.insert(n % (len(array) + 1), Array([Text(word), Map({"k": n})]))
+            elif op == "xml":
+                xml.children.append(XmlElement("p", {"class": word}, [XmlText(word)]))
+            elif op == "any":
+                array.append({"list": [[n]], "s": word, "i": -n, "f": n / 3, "big": 2**40})
+        updates.append(doc.get_update(before))
+    updates.append(docs[0].get_update())
+    updates.append(docs[1].get_update())
+    return updates
+
+
+@given(OPS)
+def test_scan_reads_every_valid_update_to_its_delete_set(ops: list[tuple[str, int, str]]) -> None:
+    for update in random_docs(ops):
+        shape = protocol.scan_update(update)
+        # Parsing ended exactly where the delete set starts...
+        rest = update[shape.end :]
+        assert IdSet.decode(rest).encode() == rest or rest == b"\x00"
+        # ...and counted every client's clock as yrs does.
+        probe = Doc()
+        probe.apply_update(update)
+        if get_update(update, probe.get_state())[0] == 0:  # nothing pending
+            clocks = protocol.decode_state_vector(get_state(update))
+            assert {c: k for c, k in shape.ends.items() if k} == clocks
+
+
+def nested_maps(depth: int) -> bytes:
+    doc = Doc()
+    level = doc.get("map", type=Map)
+    with doc.transaction():
+        for _ in range(depth):
+            inner: Map[Any] = Map()
+            level["k"] = inner
+            level = inner
+    return doc.get_update()
+
+
+def test_scan_measures_nesting_and_refuses_it_beyond_the_bound() -> None:
+    assert protocol.scan_update(nested_maps(10)).level == 11
+    with pytest.raises(ProtocolError, match="nested deeper than 64") as info:
+        protocol.scan_update(nested_maps(70))
+    assert info.value.code == CloseCode.INVALID_DATA
+
+
+def test_scan_refuses_values_nested_beyond_the_bound() -> None:
+    doc = Doc()
+    value: object = 1
+    for _ in range(70):
+        value = [value]
+    doc.get("array", type=Array).append(value)
+    with pytest.raises(ProtocolError, match="value nested deeper") as info:
+        protocol.scan_update(doc.get_update())
+    assert info.value.code == CloseCode.INVALID_DATA
+
+
+def test_json_depth_is_checked_without_recursion() -> None:
+    protocol.check_json("[" * 32 + "]" * 32, 32)
+    for depth in (33, 100_000):
+        with pytest.raises(ProtocolError, match="nested deeper"):
+            protocol.check_json("[" * depth + "]" * depth, 32)
+    assert protocol.json_depth({"a": [{"b": [1]}], "c": 2}) == 4
