@@ -23,6 +23,18 @@ from typing import Any, Literal
 import jwt
 from aiohttp import web
 
+from .closecodes import CloseCode
+from .hooks import (
+    ANONYMOUS,
+    ConnectRequest,
+    HookFailed,
+    HookRunner,
+    Hooks,
+    Principal,
+    Reject,
+    Transport,
+)
+
 Mode = Literal["read", "write"]
 ALGORITHM = "HS256"
 
@@ -39,6 +51,9 @@ class Grant:
     pattern: str | None = None
     #: When the token expires (Unix seconds); open sockets close then.
     expires: float | None = None
+    #: Who the token was minted for (the optional ``sub`` and ``name`` claims).
+    sub: str | None = None
+    name: str | None = None
 
     @property
     def can_write(self) -> bool:
@@ -69,9 +84,20 @@ class AuthError(Exception):
 
     def http(self) -> web.HTTPException:
         """The refusal as an HTTP response with a JSON ``{"error", "message"}`` body."""
-        cls = web.HTTPUnauthorized if self.status == 401 else web.HTTPForbidden
+        cls = _HTTP_ERRORS.get(self.status, web.HTTPForbidden)
         headers = {"WWW-Authenticate": 'Bearer realm="collab"'} if self.status == 401 else None
         return json_error(cls, self.code, self.reason, headers=headers)
+
+
+_HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+    429: web.HTTPTooManyRequests,
+    503: web.HTTPServiceUnavailable,
+}
 
 
 def json_error(
@@ -96,19 +122,26 @@ def issue_token(
     ttl: float,
     *,
     glob: bool = False,
+    sub: str | None = None,
+    name: str | None = None,
     now: float | None = None,
 ) -> str:
     """Sign a token valid for ``ttl`` seconds for the document ``doc``.
 
     With ``glob=True``, ``doc`` is a pattern (``team-*``, ``*``) carried in
     the ``doc_pattern`` claim; ``[`` opens a character class there, so
-    ``[[]`` matches a literal ``[``.
+    ``[[]`` matches a literal ``[``.  ``sub`` (a user id) and ``name`` (a
+    display name) say who acts: they appear in logs, hooks and webhooks.
     """
     if mode not in ("read", "write"):
         raise ValueError(f"mode must be read or write, not {mode!r}")
     issued = int(now if now is not None else time.time())
     claims: dict[str, Any] = {"mode": mode, "iat": issued, "exp": issued + int(ttl)}
     claims["doc_pattern" if glob else "doc"] = doc
+    if sub is not None:
+        claims["sub"] = sub
+    if name is not None:
+        claims["name"] = name
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -137,7 +170,12 @@ def verify_token(secret: str, token: str) -> Grant:
             "bad_token",
             "token_invalid",
         )
-    return Grant(doc, mode, pattern, float(claims["exp"]))
+    sub, name = claims.get("sub"), claims.get("name")
+    if not isinstance(sub, str | None) or not isinstance(name, str | None):
+        raise AuthError(
+            401, "token claims sub and name must be strings", "bad_token", "token_invalid"
+        )
+    return Grant(doc, mode, pattern, float(claims["exp"]), sub, name)
 
 
 def token_of(request: web.Request) -> str | None:
@@ -171,3 +209,102 @@ def authorize(request: web.Request, secret: str | None, doc: str | None, *, writ
     if write and not grant.can_write:
         raise AuthError(403, "token is read-only", "read_only", "read_only")
     return grant
+
+
+# -- the built-in authenticate hook, and the check every route makes ----------------
+
+
+def principal_of(grant: Grant) -> Principal:
+    """The principal a verified token stands for."""
+    return Principal(
+        grant.sub or "token",
+        grant.name,
+        grant.can_write,
+        frozenset({grant.doc}) if grant.doc is not None else frozenset(),
+        (grant.pattern,) if grant.pattern is not None else (),
+        grant.expires,
+    )
+
+
+class TokenAuth(Hooks):
+    """The JWT tokens of ``--auth-secret`` as an ``authenticate`` hook."""
+
+    name = "tokens"
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    async def authenticate(self, request: ConnectRequest) -> Principal | None:
+        if not request.token:
+            raise Reject(
+                CloseCode.UNAUTHORIZED,
+                "a token is required (?token= or Authorization: Bearer)",
+                error="token_required",
+                metric="no_token",
+            )
+        try:
+            grant = verify_token(self._secret, request.token)
+        except AuthError as exc:
+            raise Reject(
+                CloseCode.UNAUTHORIZED, exc.reason, error=exc.code, metric=exc.metric
+            ) from None
+        if request.doc is not None and not grant.covers(request.doc):
+            reason = f"token does not cover document {request.doc!r}"
+            if grant.doc is not None and _GLOB_CHARS & set(grant.doc):
+                reason += (
+                    f" (its doc {grant.doc!r} names one document exactly; "
+                    "a glob goes in doc_pattern: collab token --pattern)"
+                )
+            raise Reject(
+                CloseCode.FORBIDDEN, reason, error="document_not_allowed", metric="wrong_doc"
+            )
+        return principal_of(grant)
+
+
+def request_of(
+    request: web.Request, doc: str | None, *, write: bool, transport: Transport = "http"
+) -> ConnectRequest:
+    """What ``authenticate`` hooks see of an aiohttp request."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return ConnectRequest(
+        doc=doc,
+        token=token_of(request),
+        headers=request.headers,
+        cookies=request.cookies,
+        query=request.query,
+        peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote or "?"),
+        transport=transport,
+        write=write,
+        request=request,
+    )
+
+
+async def authenticate(
+    hooks: HookRunner,
+    request: ConnectRequest,
+) -> Principal:
+    """Run the ``authenticate`` hooks and check the principal against the request.
+
+    No hook at all means an open server (everyone may read and write); hooks
+    that all abstain mean nobody was recognised (401).  Raises ``AuthError``.
+    """
+    try:
+        principal = await hooks.authenticate(request)
+    except Reject as exc:
+        raise AuthError(exc.status, exc.reason, exc.metric, exc.error) from None
+    except HookFailed as exc:
+        raise AuthError(503, str(exc), "hook_failed", "auth_unavailable") from None
+    if principal is None:
+        if hooks.wants("authenticate"):
+            raise AuthError(401, "not signed in", "unauthenticated", "unauthenticated")
+        principal = ANONYMOUS
+    if request.doc is not None and not principal.covers(request.doc):
+        raise AuthError(
+            403,
+            f"{principal.label} may not open document {request.doc!r}",
+            "wrong_doc",
+            "document_not_allowed",
+        )
+    if request.write and not principal.can_write:
+        raise AuthError(403, f"{principal.label} may only read", "read_only", "read_only")
+    return principal

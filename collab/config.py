@@ -191,6 +191,31 @@ class Settings:
     redis_prefix: str = _setting(
         "collab", "prefix of the Redis keys, to share one Redis between deployments"
     )
+    webhook_url: tuple[str, ...] = _setting(
+        (),
+        "URL that receives signed document events (repeatable; needs --webhook-secret)",
+        metavar="URL",
+        parse=str,
+        repeat=True,
+    )
+    webhook_secret: str | None = _setting(
+        None,
+        "key that signs webhook deliveries (Standard Webhooks: whsec_<base64> or any string)",
+        metavar="SECRET",
+        parse=_secret,
+    )
+    webhook_events: tuple[str, ...] = _setting(
+        ("doc.persisted", "doc.created", "doc.deleted", "doc.restored"),
+        "webhook event types to deliver (repeatable)",
+        metavar="TYPE",
+        parse=_choice("doc.persisted", "doc.created", "doc.deleted", "doc.restored"),
+        repeat=True,
+    )
+    webhook_content: bool = _setting(
+        False,
+        "include the document's JSON (up to 256 KiB) in doc.persisted deliveries",
+        parse=_boolean,
+    )
     auth_secret: str | None = _setting(
         None,
         "HS256 secret that signs access tokens (32 bytes or more; empty is refused); "

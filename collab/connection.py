@@ -28,30 +28,19 @@ import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pycrdt import merge_updates
 
 from . import protocol
+from .channel import Channel
 from .closecodes import CloseCode
+from .hooks import ANONYMOUS, Principal
 from .metrics import Traffic
 
 log = logging.getLogger("collab.connection")
 
 _ids = itertools.count(1)
-
-
-class Channel(Protocol):
-    """The transport seam: a WebSocket, or an in-memory pair in tests."""
-
-    async def send(self, frame: bytes) -> None: ...
-
-    async def ping(self) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-    def abort(self) -> None:
-        """Drop the socket without a goodbye (the peer is gone or unresponsive)."""
 
 
 class _Kind(enum.Enum):
@@ -178,6 +167,7 @@ class Connection:
         "id",
         "last_seen",
         "peer",
+        "principal",
     )
 
     def __init__(
@@ -190,8 +180,11 @@ class Connection:
         rate: RateLimits | None = None,
         traffic: Traffic | None = None,
         can_write: bool = True,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         self.id = next(_ids)
+        #: Who the connection acts for (hooks, logs and attribution name it).
+        self.principal = principal
         self.doc = doc
         self.peer = peer
         self.can_write = can_write

@@ -103,12 +103,24 @@ class Reject(Exception):
     """
 
     def __init__(
-        self, code: int = CloseCode.FORBIDDEN, reason: str = "refused", *, status: int | None = None
+        self,
+        code: int = CloseCode.FORBIDDEN,
+        reason: str = "refused",
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        metric: str = "hook_refused",
     ) -> None:
         super().__init__(reason)
         self.code = int(code)
         self.reason = reason
         self.status = status if status is not None else _status_for(self.code)
+        #: The stable code of the JSON error an HTTP refusal answers with.
+        self.error = error or {401: "unauthenticated", 404: "not_found"}.get(
+            self.status, "forbidden"
+        )
+        #: The label of ``collab_requests_refused``.
+        self.metric = metric
 
 
 def _status_for(code: int) -> int:

@@ -136,6 +136,8 @@ class Room:
         #: what the document costs in memory, both as read by scan_update.
         self._levels: protocol.Levels = {}
         self.memory = 0
+        #: Server code keeping the room open (``Server.open_document``).
+        self.holders = 0
         self._loop = asyncio.get_running_loop()
         self._origin: Origin = STORE
         self._pending: list[tuple[bytes, Origin]] = []
@@ -171,6 +173,22 @@ class Room:
             self._pending.clear()
         self.doc.unobserve(self._doc_sub)
 
+    def hold(self) -> None:
+        """Keep the room loaded without a connection (server code has it open)."""
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+
+    @property
+    def idle(self) -> bool:
+        """No connection and no holder: the room may be unloaded."""
+        return not self.connections and not self.holders
+
+    def flush(self) -> None:
+        """Send and store this turn's changes now instead of at the end of the turn."""
+        self._flush()
+
     def join(self, conn: Connection) -> None:
         """Add a connection and open the sync handshake from the server's side."""
         self.connections[conn] = _Member()
@@ -195,9 +213,19 @@ class Room:
 
     # -- incoming -------------------------------------------------------------
 
-    def handle(self, conn: Connection, frame: bytes) -> None:
-        """Act on one frame from ``conn``; raise ``ProtocolError`` to drop it."""
-        message = protocol.decode(frame, awareness_bounds=self._limits.awareness)
+    def decode(self, frame: bytes) -> protocol.Message:
+        """Parse a client's frame within this room's bounds; ``ProtocolError`` if it is bad."""
+        return protocol.decode(frame, awareness_bounds=self._limits.awareness)
+
+    def handle(
+        self, conn: Connection, frame: bytes, message: protocol.Message | None = None
+    ) -> None:
+        """Act on one frame from ``conn``; raise ``ProtocolError`` to drop it.
+
+        ``message`` is the frame already decoded (by the connection loop).
+        """
+        if message is None:
+            message = self.decode(frame)
         if isinstance(message, protocol.SyncStep1):
             self._answer_step1(conn, message.state_vector)
         elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):

@@ -23,6 +23,7 @@ from typing import Any
 from pycrdt import Doc
 
 from .closecodes import CloseCode
+from .hooks import HookRunner
 from .memory import MemoryReleaser
 from .metrics import Metrics
 from .protocol import ProtocolError, UpdateShape, scan_update
@@ -50,8 +51,10 @@ class RoomManager:
         metrics: Metrics | None = None,
         broker: Broker | None = None,
         room_limits: RoomLimits | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         self.store = store
+        self.hooks = hooks or HookRunner()
         #: What one connection may make a room do; rooms loaded later use a replacement.
         self.room_limits = room_limits or RoomLimits()
         self.metrics = metrics

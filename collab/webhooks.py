@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
@@ -150,6 +150,7 @@ class Delivery:
     last_error: str = ""
 
 
+@runtime_checkable
 class Outbox(Protocol):
     """The durable part of webhooks; the SQLite and PostgreSQL stores implement it."""
 

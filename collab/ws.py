@@ -1,37 +1,23 @@
-"""The WebSocket route: check, upgrade, join the room, pump frames."""
+"""The WebSocket transport: authenticate, upgrade, and adapt the socket to a ``Channel``."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import WSMsgType, web
 
-from .auth import AuthError, authorize, json_error
+from .auth import AuthError, authenticate, json_error, request_of
+from .channel import Kind, Received
 from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection, RateLimits, SendLimits
-from .keys import MANAGER, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS
-from .metrics import Metrics
-from .protocol import ProtocolError
-from .room import Room
-from .rooms import RoomManager
-from .store import CorruptDocument, StoreError
+from .keys import HOOKS, LOOP_CONTEXT, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS
+from .loop import serve
 
 log = logging.getLogger("collab.ws")
 
-#: Frames handled from one socket before the handler lets other tasks run.
-YIELD_EVERY = 64
-
-#: What receive() returns once the socket is closing or closed.
-_CLOSED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
-
-#: Goodbyes that are nobody's fault: no warning for these (an open socket is
-#: closed with 4401 only when its token expires).
-_ORDINARY_CLOSES = frozenset(
-    {CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.UNAUTHORIZED, 1005, 1006, None}
-)
+_ALIVE = Received(Kind.ALIVE)
 
 
 class WebSocketChannel:
@@ -45,6 +31,25 @@ class WebSocketChannel:
 
     async def send(self, frame: bytes) -> None:
         await self._ws.send_bytes(frame)
+
+    async def receive(self) -> Received:
+        ws = self._ws
+        msg = await ws.receive()
+        kind = msg.type
+        if kind is WSMsgType.BINARY:
+            return Received(Kind.BINARY, msg.data)
+        if kind is WSMsgType.PING:
+            await ws.pong(msg.data)
+            return _ALIVE
+        if kind is WSMsgType.PONG:
+            return _ALIVE
+        if kind is WSMsgType.TEXT:
+            return Received(Kind.TEXT)
+        if kind is WSMsgType.ERROR:
+            error = ws.exception()
+            code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
+            return Received(Kind.ERROR, code=code, reason=str(error))
+        return Received(Kind.CLOSED, code=ws.close_code)
 
     async def ping(self) -> None:
         await self._ws.ping()
@@ -99,21 +104,21 @@ def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    """Check, upgrade, serve, log one close line.
+    """Authenticate, upgrade, then run the connection loop over the socket.
 
-    One coroutine from upgrade to close, reading with ``receive()``: each
-    idle connection holds its suspended frames, so there are as few as can be.
+    Everything that can refuse a stranger happens before the upgrade, so no
+    socket or room is ever created for one (the Origin and Host checks ran
+    already, in guard.py's middleware).
     """
     settings = request.app[SETTINGS]
-    manager = request.app[MANAGER]
     metrics = request.app[METRICS]
+    hooks = request.app[HOOKS]
     name = document_name(request)
     peer = peer_of(request)
-    # Everything that can refuse a stranger happens before the upgrade, so
-    # no socket or room is ever created for one (the Origin and Host checks
-    # ran already, in guard.py's middleware).
     try:
-        grant = authorize(request, settings.auth_secret, name, write=False)
+        principal = await authenticate(
+            hooks, request_of(request, name, write=False, transport="websocket")
+        )
     except AuthError as exc:
         metrics.refused(exc.metric)
         log.warning(
@@ -134,131 +139,18 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         compress=settings.ws_compression,
     )
     await ws.prepare(request)
+    channel = WebSocketChannel(ws, request.transport)
     conn = Connection(
-        WebSocketChannel(ws, request.transport),
+        channel,
         doc=name,
         peer=peer,
         limits=request.app[SEND_LIMITS],
         rate=request.app[RATE_LIMITS],
         traffic=metrics.traffic,
-        can_write=grant.can_write,
+        can_write=principal.can_write,
+        principal=principal,
     )
     # The server-wide tick closes the socket with 4401 once the token expires.
-    conn.expires = grant.expires
-    manager.connection_count += 1
-    room: Room | None = None
-    try:
-        room = await _enter(conn, manager, settings, metrics)
-        if room is not None:
-            handled = 0
-            while not conn.closed:
-                msg = await ws.receive()
-                handled += 1
-                if handled % YIELD_EVERY == 0:
-                    # Frames already buffered never suspend receive(): without
-                    # this, a burst runs to its end before other sockets are
-                    # read and before the room's per-turn flush sends anything.
-                    await asyncio.sleep(0)
-                if msg.type is WSMsgType.BINARY:
-                    if not conn.received(len(msg.data)):
-                        metrics.refused("rate_limited")
-                        conn.close(CloseCode.RATE_LIMITED, "sending too fast")
-                        break
-                    try:
-                        room.handle(conn, msg.data)
-                    except ProtocolError as exc:
-                        metrics.refused(exc.code.name.lower())
-                        conn.close(exc.code, exc.reason)
-                        break
-                elif msg.type is WSMsgType.PING:
-                    conn.alive()
-                    await ws.pong(msg.data)
-                elif msg.type is WSMsgType.PONG:
-                    conn.alive()
-                elif msg.type is WSMsgType.TEXT:
-                    metrics.refused("text_frame")
-                    conn.close(
-                        CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
-                    )
-                    break
-                elif msg.type is WSMsgType.ERROR:
-                    # aiohttp has already closed the socket (1009 for an oversized frame).
-                    error = ws.exception()
-                    code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
-                    conn.close(code, str(error), abnormal=True)
-                    break
-                elif msg.type in _CLOSED:
-                    break
-    finally:
-        if room is not None:
-            room.leave(conn)
-        conn.mark_closed(ws.close_code)
-        with contextlib.suppress(Exception):
-            await conn.wait_closed()
-        manager.connection_count -= 1
-        metrics.closed(conn.close_code)
-        # One line per connection closed; a warning when the client was at fault.
-        level = logging.INFO if conn.close_code in _ORDINARY_CLOSES else logging.WARNING
-        log.log(
-            level,
-            "close doc=%r peer=%s conn=%d code=%s reason=%s",
-            name,
-            peer,
-            conn.id,
-            conn.close_code,
-            conn.close_reason or "-",
-            extra={
-                "doc": name,
-                "peer": peer,
-                "conn": conn.id,
-                "code": conn.close_code,
-                "reason": conn.close_reason or None,
-                "event": "close",
-            },
-        )
+    conn.expires = principal.expires_at
+    await serve(conn, channel, request.app[LOOP_CONTEXT], "websocket")
     return ws
-
-
-async def _enter(
-    conn: Connection, manager: RoomManager, settings: Settings, metrics: Metrics
-) -> Room | None:
-    """Open the connection's room and join it; None (and a close) when it cannot."""
-    name = conn.doc
-    if manager.connection_count > settings.max_connections:
-        metrics.refused("server_full")
-        conn.close(
-            CloseCode.TRY_AGAIN_LATER, f"server is at {settings.max_connections} connections"
-        )
-        return None
-    try:
-        room = await manager.acquire(name)
-    except CorruptDocument as exc:
-        log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
-        conn.close(CloseCode.INTERNAL_ERROR, "document is corrupt")
-        return None
-    except StoreError as exc:  # the database is down: worth a retry
-        log.error("cannot open document %r for %s: %s", name, conn.peer, exc)
-        conn.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
-        return None
-    except Exception:
-        log.exception("cannot open document %r for %s", name, conn.peer)
-        conn.close(CloseCode.INTERNAL_ERROR, "document could not be loaded")
-        return None
-    if len(room.connections) >= settings.max_connections_per_doc:
-        metrics.refused("document_full")
-        conn.close(
-            CloseCode.TRY_AGAIN_LATER,
-            f"document is at {settings.max_connections_per_doc} connections",
-        )
-        manager.release_if_idle(room)
-        return None
-    room.join(conn)
-    log.info(
-        "open doc=%r peer=%s conn=%d mode=%s",
-        name,
-        conn.peer,
-        conn.id,
-        "write" if conn.can_write else "read",
-        extra={"doc": name, "peer": conn.peer, "conn": conn.id, "event": "open"},
-    )
-    return room

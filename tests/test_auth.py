@@ -249,7 +249,7 @@ async def test_refusals_are_json_errors_with_a_stable_code(
 async def test_an_open_socket_is_closed_with_4401_when_its_token_expires(
     make_server: ServerFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="collab.ws")
+    caplog.set_level(logging.INFO, logger="collab.loop")
     # awareness_timeout 1 s: the server-wide tick runs every 0.1 s.
     server = await make_server(auth_secret=SECRET, awareness_timeout=1.0)
     short = issue_token(SECRET, "doc", "write", 2)

@@ -37,3 +37,6 @@ class Broker(Protocol):
     def unsubscribe(self, doc: str) -> None: ...
 
     def publish(self, doc: str, kind: str, data: bytes) -> None: ...
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was published so far reached the other processes' stream."""

@@ -76,6 +76,10 @@ class RedisBroker:
         self._wake_reader = asyncio.Event()
         self._resync: Callable[[str], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: Messages published and messages written (or given up) so far: flush() compares.
+        self._published = 0
+        self._written = 0
+        self._progress = asyncio.Event()
 
     def key(self, doc: str) -> str:
         return f"{self._prefix}:doc:{doc}"
@@ -122,7 +126,21 @@ class RedisBroker:
         if not self.ready:
             return  # the resync after reconnecting carries it
         self._outbox.append((doc, kind, data))
+        self._published += 1
         self._wake_writer.set()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until what was published so far is in Redis.
+
+        Returns early while Redis is unreachable: the resync after
+        reconnecting carries those messages.
+        """
+        target = self._published
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.ready and self._written < target:
+                    self._progress.clear()
+                    await self._progress.wait()
 
     async def ping(self) -> bool:
         try:
@@ -145,7 +163,9 @@ class RedisBroker:
                     # everything these messages carried.
                     log.warning("publishing to redis failed: %r", exc)
                     self._outbox.clear()
+                    self._written = self._published
                     self.ready = False
+                    self._progress.set()
                     break
 
     async def _send_batch(self) -> None:
@@ -159,6 +179,8 @@ class RedisBroker:
                     approximate=True,
                 )
             await pipe.execute()
+        self._written += len(batch)
+        self._progress.set()
 
     async def _read_loop(self) -> None:
         delay = _RETRY_MIN

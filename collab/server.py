@@ -1,0 +1,316 @@
+"""collab as a library: one ``Server`` object owns the application, the rooms and the hooks.
+
+``collab serve`` runs ``Server(settings).app``; an application embeds the
+same object::
+
+    server = collab.Server(settings, hooks=[MyHooks()])
+    parent.add_subapp("/collab/", server.app)      # /collab/ws/{doc}, /collab/api/...
+
+    async with server.open_document("notes", origin="assistant") as doc:
+        doc.append("\\nSummary: ...")               # broadcast, replicated, stored
+
+Startup, shutdown and the final store flush run whether the app runs alone
+or as a sub-application (aiohttp runs a sub-app's ``cleanup_ctx`` and
+``on_shutdown`` with its parent's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .app import build_app
+from .closecodes import CloseCode
+from .config import Settings
+from .connection import Connection
+from .document import DocumentHandle
+from .hooks import HookRunner, Hooks, Principal
+from .keys import (
+    BROKER,
+    LOOP_CONTEXT,
+    MANAGER,
+    STORE,
+    BrokerSlot,
+)
+from .loop import Context
+from .metrics import Metrics
+from .origins import ServerOrigin
+from .pubsub import Broker, open_broker
+from .rooms import RoomManager
+from .store import Store, open_store
+from .webhooks import Outbox, Webhook
+
+log = logging.getLogger("collab.server")
+
+
+class NotRunning(RuntimeError):
+    """The server's application has not started (or has stopped)."""
+
+
+class Server:
+    """The collab server as an object: settings, store, hooks, rooms and the aiohttp app.
+
+    ``store`` and ``broker`` may be given as instances (opened and closed by
+    the server); otherwise they come from ``settings.store`` and
+    ``settings.redis_url``.  ``hooks`` run in the order given, before the
+    built-in token check (when ``settings.auth_secret`` is set) and the
+    webhooks of ``settings.webhook_url``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        hooks: Sequence[Hooks] = (),
+        store: Store | None = None,
+        broker: Broker | None = None,
+        frontend: bool = True,
+    ) -> None:
+        self.settings = settings or Settings()
+        self._store = store
+        self._broker = broker
+        self._manager: RoomManager | None = None
+        self.metrics = Metrics()
+        self.hooks = HookRunner([*hooks, *_builtin_hooks(self.settings)])
+        self.metrics.registry.register(self.hooks.collector())
+        self.app = build_app(self, frontend=frontend)
+
+    # -- state ------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._manager is not None
+
+    @property
+    def manager(self) -> RoomManager:
+        if self._manager is None:
+            raise NotRunning("the server has not started: run or mount server.app first")
+        return self._manager
+
+    @property
+    def store(self) -> Store:
+        if self._store is None or self._manager is None:
+            raise NotRunning("the server has not started: run or mount server.app first")
+        return self._store
+
+    # -- server-side documents --------------------------------------------------
+
+    @asynccontextmanager
+    async def open_document(
+        self, name: str, *, origin: str | ServerOrigin = "server", durable: bool = True
+    ) -> AsyncIterator[DocumentHandle]:
+        """The live document ``name`` for server code (see ``collab.document``).
+
+        The room stays loaded while the block runs; on exit the block's edits
+        have been broadcast, handed to the other processes and, unless
+        ``durable=False``, committed to the store.  CRDT edits cannot be rolled
+        back: an exception inside the block still keeps what was applied.
+        """
+        origin = origin if isinstance(origin, ServerOrigin) else ServerOrigin(origin)
+        manager = self.manager
+        room = await manager.acquire(name)
+        room.hold()
+        try:
+            yield DocumentHandle(room, origin)
+        finally:
+            room.flush()
+            room.release()
+            manager.release_if_idle(room)
+        if durable:
+            await self.store.flush()
+            if manager.broker is not None:
+                await manager.broker.flush()
+
+    # -- live permissions -------------------------------------------------------
+
+    def connections(self, user: str | None = None) -> list[Connection]:
+        """Open connections, all or those of the principal with id ``user``."""
+        conns = [c for room in self.manager.rooms.values() for c in room.connections]
+        return conns if user is None else [c for c in conns if c.principal.id == user]
+
+    def set_read_only(self, user: str, read_only: bool = True) -> int:
+        """Switch ``user``'s open connections to read-only (or back); how many changed.
+
+        A read-only connection keeps its socket and presence; its updates are
+        answered with "permission denied".
+        """
+        changed = 0
+        for conn in self.connections(user):
+            if conn.can_write == read_only:
+                conn.can_write = not read_only
+                changed += 1
+        if changed:
+            log.info(
+                "user %r: %d connections now %s",
+                user,
+                changed,
+                "read-only" if read_only else "writable",
+            )
+        return changed
+
+    def disconnect(
+        self, user: str, code: int = CloseCode.FORBIDDEN, reason: str = "access revoked"
+    ) -> int:
+        """Close ``user``'s open connections with ``code``; how many were closed."""
+        conns = self.connections(user)
+        for conn in conns:
+            conn.close(code, reason)
+        return len(conns)
+
+    # -- lifecycle (an aiohttp cleanup context) ----------------------------------
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """The application's cleanup context: open everything, yield, close everything."""
+        settings = self.settings
+        store = self._store if self._store is not None else store_from_settings(settings)
+        await store.open()
+        manager: RoomManager | None = None
+        broker = self._broker
+        try:
+            app[STORE] = self._store = store
+            if broker is None and settings.redis_url:
+                broker = open_broker(
+                    settings.redis_url,
+                    lambda message: self.manager.deliver(message),
+                    prefix=settings.redis_prefix,
+                )
+                scheme = urlsplit(settings.store).scheme
+                if scheme in ("memory", "sqlite"):
+                    log.warning(
+                        "--redis-url with a %s store: each process keeps its own copy; "
+                        "use postgresql:// so the processes share one",
+                        scheme,
+                    )
+            self._broker = broker
+            app[BROKER] = BrokerSlot(broker)
+            manager = RoomManager(
+                store,
+                unload_grace=settings.unload_grace,
+                awareness_timeout=settings.awareness_timeout,
+                heartbeat=settings.heartbeat,
+                max_doc_size=settings.max_doc_size,
+                metrics=self.metrics,
+                broker=broker,
+                hooks=self.hooks,
+            )
+            app[MANAGER] = self._manager = manager
+            app[LOOP_CONTEXT] = Context(manager, settings, self.metrics, self.hooks)
+            for hook in self.hooks.hooks:
+                if isinstance(hook, Webhook):
+                    hook.attach(_outbox_of(store), self._content_of)
+            await self.hooks.start()
+            manager.start()
+            if broker is not None:
+                await broker.start(manager.resync)
+            _register_gauges(self.metrics, store, manager, broker)
+            _warn_about_auth(settings, self.hooks)
+            yield
+        finally:
+            if manager is not None:
+                await manager.close()
+            await self.hooks.close()
+            if broker is not None:
+                await broker.close()
+            self._manager = None
+            await store.close()
+
+    async def going_away(self, app: web.Application) -> None:
+        """The application's on_shutdown: 1001 to every client, then flush."""
+        # Before aiohttp cancels the handlers: tell every client to reconnect
+        # (1001) and flush, so a restart loses nothing.
+        if self._manager is not None:
+            await self._manager.close(CloseCode.GOING_AWAY)
+
+    async def _content_of(self, name: str) -> dict[str, object] | None:
+        """The document's JSON (for webhook payloads), decoded aside from the loop."""
+        from .http_api import document_content
+
+        room = self.manager.rooms.get(name)
+        update = room.doc.get_update() if room is not None else await self.store.load(name)
+        if update is None:
+            return None
+        content: dict[str, object] = await asyncio.to_thread(document_content, update)
+        return content
+
+
+def store_from_settings(settings: Settings) -> Store:
+    """The (unopened) store the settings name, with their commit and compaction knobs."""
+    if urlsplit(settings.store).scheme == "memory":
+        return open_store(settings.store)
+    return open_store(
+        settings.store,
+        commit_window=settings.commit_window,
+        compact_updates=settings.compact_updates,
+        compact_bytes=settings.compact_bytes,
+    )
+
+
+#: Shorter HS256 secrets can be brute-forced from one token (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+
+
+def _warn_about_auth(settings: Settings, hooks: HookRunner) -> None:
+    if settings.auth_secret is None and not hooks.wants("authenticate"):
+        log.warning(
+            "no --auth-secret: the server is OPEN, anyone who can reach it may read and "
+            "write every document"
+        )
+    elif settings.auth_secret is not None and len(settings.auth_secret.encode()) < MIN_SECRET_BYTES:
+        log.warning(
+            "--auth-secret is only %d bytes: tokens signed with it can be forged by "
+            "guessing it; use %d random bytes or more (e.g. python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')",
+            len(settings.auth_secret.encode()),
+            MIN_SECRET_BYTES,
+        )
+
+
+def _builtin_hooks(settings: Settings) -> list[Hooks]:
+    from .auth import TokenAuth
+
+    hooks: list[Hooks] = []
+    if settings.auth_secret is not None:
+        hooks.append(TokenAuth(settings.auth_secret))
+    for url in settings.webhook_url:
+        if not settings.webhook_secret:
+            raise ValueError("--webhook-url needs --webhook-secret (it signs every delivery)")
+        hooks.append(
+            Webhook(
+                url,
+                settings.webhook_secret,
+                events=settings.webhook_events,
+                include_content=settings.webhook_content,
+            )
+        )
+    return hooks
+
+
+def _outbox_of(store: Store) -> Outbox:
+    if not isinstance(store, Outbox):
+        raise ValueError(f"webhooks need a SQLite or PostgreSQL store, not {type(store).__name__}")
+    return store
+
+
+def _register_gauges(
+    metrics: Metrics, store: Store, manager: RoomManager, broker: Broker | None
+) -> None:
+    if broker is not None:
+        metrics.gauge(
+            "collab_broker_ready", "1 while Redis is reachable", lambda: float(broker.ready)
+        )
+    on_commit = getattr(store, "on_commit", "absent")
+    if on_commit is None:  # group-committing stores time their commits
+        store.on_commit = lambda updates, seconds: metrics.commit_seconds.observe(seconds)  # type: ignore[attr-defined]
+    metrics.gauge(
+        "collab_connections", "Open WebSocket connections", lambda: manager.connection_count
+    )
+    metrics.gauge("collab_documents_loaded", "Documents open in memory", lambda: len(manager.rooms))
+    metrics.gauge("collab_store_healthy", "1 while the store commits", lambda: float(store.healthy))
+
+
+__all__ = ["NotRunning", "Principal", "Server", "store_from_settings"]
