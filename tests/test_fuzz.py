@@ -16,7 +16,7 @@ import re
 import aiohttp
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from pycrdt import Awareness, Doc, Text
+from pycrdt import Awareness, Doc, Encoder, Map, Text
 
 from collab import protocol
 from collab.auth import issue_token
@@ -47,7 +47,47 @@ def valid_frames() -> list[bytes]:
     return frames
 
 
-VALID = valid_frames()
+def hostile_shapes() -> list[bytes]:
+    """The message shapes of issue #18: well-formed, each once a way to hurt the server."""
+    fresh = [protocol.AwarenessEntry(1_000_000 + i, 1, "null") for i in range(3_000)]
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    text.insert(0, "never sent")
+    before = doc.get_state()
+    text.insert(0, "waits for it")
+    pending = doc.get_update(before)  # depends on an edit the server never gets
+    orphans = Encoder()
+    for value in (0, 1, 424_242, 200):  # deletes of 200 characters nobody wrote
+        orphans.write_var_uint(value)
+    for i in range(200):
+        orphans.write_var_uint(2 * i)
+        orphans.write_var_uint(1)
+    nested = Doc()
+    level = nested.get("map", type=Map)
+    with nested.transaction():
+        for _ in range(70):
+            inner: Map[object] = Map()
+            level["k"] = inner
+            level = inner
+    return [
+        # Too many awareness entries, and removals of ids nobody owns.
+        protocol.awareness(protocol.encode_awareness_entries(fresh)),
+        protocol.awareness(protocol.encode_awareness_entries(fresh[:50])),
+        # An awareness state nested 5,000 deep.
+        protocol.awareness(
+            protocol.encode_awareness_entries(
+                [protocol.AwarenessEntry(7, 1, "[" * 5_000 + "]" * 5_000)]
+            )
+        ),
+        # Repeated step 1 with a state vector that is not empty.
+        protocol.sync_step1(b"\x01\x07\x03"),
+        protocol.sync_update(pending),
+        protocol.sync_update(orphans.to_bytes()),
+        protocol.sync_update(nested.get_update()),
+    ]
+
+
+VALID = valid_frames() + hostile_shapes()
 
 
 @st.composite
