@@ -547,3 +547,51 @@ async def test_screenshot_of_the_editor_with_two_people(
     assert editor_png.stat().st_size > 20_000
     with contextlib.suppress(Exception):
         await grace.page.close()
+
+
+# --- habits from other editors ------------------------------------------------------
+
+
+async def test_markdown_shortcuts_wrap_and_unwrap_the_selection(
+    browser: Browser, frontend_dist: Path, server: InProcessServer
+) -> None:
+    tab = await open_tab(browser, server.http_url, "shortcuts")
+    await tab.type_at_end("make this bold")
+    await tab.select("bold")
+    await tab.page.keyboard.press("Control+b")
+    await tab.wait_text("text === 'make this **bold**'")
+    await tab.page.keyboard.press("Control+b")
+    await tab.wait_text("text === 'make this bold'")
+    await tab.page.evaluate("window.collab.undoManager.stopCapturing()")  # a new undo step
+    await tab.select("this")
+    await tab.page.keyboard.press("Control+i")
+    await tab.wait_text("text === 'make *this* bold'")
+    await tab.page.keyboard.press("Control+z")  # one undo step takes the markers back
+    await tab.wait_text("text === 'make this bold'")
+
+
+async def test_clicking_a_person_scrolls_to_their_cursor(
+    browser: Browser, frontend_dist: Path, server: InProcessServer
+) -> None:
+    doc = "far away"
+    ada = await open_tab(browser, server.http_url, doc, user=("Ada", "#8e4ec6"))
+    grace = await open_tab(browser, server.http_url, doc, user=("Grace", "#0090ff"))
+    await ada.page.evaluate(
+        "() => window.collab.view.dispatch({ changes: { from: 0,"
+        " insert: Array.from({ length: 400 }, (_, i) => `line ${i}`).join('\\n') } })"
+    )
+    await grace.wait_text("text.includes('line 399')")
+    await grace.select("line 390", caret=True)
+    await ada.page.evaluate("window.scrollTo(0, 0)")
+    person = ada.page.locator("#people .person", has_text="Grace")
+    await ada.page.wait_for_function(
+        "() => document.querySelector('#people .person.can-jump') !== null", timeout=WAIT_MS
+    )
+    await person.click()
+    caret = ada.page.locator(".cm-ySelectionCaret", has_text="Grace")
+    await ada.page.wait_for_function(
+        "() => { const r = document.querySelector('.cm-ySelectionCaret').getBoundingClientRect();"
+        "        return r.top > 0 && r.bottom < innerHeight }",
+        timeout=WAIT_MS,
+    )
+    assert await caret.count() == 1

@@ -4,7 +4,7 @@
 import './style.css'
 import * as Y from 'yjs'
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
-import { Compartment, EditorState } from '@codemirror/state'
+import { Compartment, EditorSelection, EditorState } from '@codemirror/state'
 import {
   EditorView, keymap, drawSelection, dropCursor, highlightActiveLine,
   highlightSpecialChars, placeholder, rectangularSelection, crosshairCursor
@@ -147,6 +147,35 @@ const theme = EditorView.theme({
   '.cm-selectionMatch': { backgroundColor: 'var(--selection-match)' }
 })
 
+/** Ctrl+B / Ctrl+I / Ctrl+Shift+X: wrap the selection in a Markdown marker, or unwrap it. */
+function toggleMarker (marker) {
+  return (target) => {
+    if (!editorOpen) return false
+    const { state } = target
+    target.dispatch(state.changeByRange((range) => {
+      const before = state.sliceDoc(range.from - marker.length, range.from)
+      const after = state.sliceDoc(range.to, range.to + marker.length)
+      if (before === marker && after === marker) {
+        return {
+          changes: [{ from: range.from - marker.length, to: range.from }, { from: range.to, to: range.to + marker.length }],
+          range: EditorSelection.range(range.from - marker.length, range.to - marker.length)
+        }
+      }
+      return {
+        changes: [{ from: range.from, insert: marker }, { from: range.to, insert: marker }],
+        range: EditorSelection.range(range.from + marker.length, range.to + marker.length)
+      }
+    }), { userEvent: 'input' })
+    return true
+  }
+}
+const markdownShortcuts = [
+  { key: 'Mod-b', run: toggleMarker('**') },
+  { key: 'Mod-i', run: toggleMarker('*') },
+  { key: 'Mod-Shift-x', run: toggleMarker('~~') },
+  { key: 'Mod-e', run: toggleMarker('`') }
+]
+
 /** A paste bigger than the server takes in one message is stopped before it is made. */
 const pasteGuard = EditorState.transactionFilter.of((tr) => {
   const limit = conn.maxMessage
@@ -173,7 +202,7 @@ const view = new EditorView({
   state: EditorState.create({
     doc: ytext.toString(),
     extensions: [
-      keymap.of([...yUndoManagerKeymap, ...markdownKeymap, ...searchKeymap, indentWithTab, ...defaultKeymap]),
+      keymap.of([...yUndoManagerKeymap, ...markdownShortcuts, ...markdownKeymap, ...searchKeymap, indentWithTab, ...defaultKeymap]),
       yCollab(ytext, awareness, { undoManager }),
       highlightSpecialChars(),
       drawSelection(),
@@ -436,6 +465,8 @@ function render () {
   }
   readOnlyBadge.hidden = !conn.readOnly
   document.body.dataset.state = kind
+  // A tab in the background says when its changes are not on the server.
+  document.title = `${conn.unsaved && kind !== 'connected' ? '• ' : ''}${name} · collab`
   // Nothing to share without access to the document itself.
   shareButton.disabled = ['signin', 'expired', 'forbidden', 'gone', 'removed'].includes(kind)
   showUndoState()
@@ -543,7 +574,13 @@ function showPeople () {
   for (const badge of peopleCounts) badge.textContent = String(everyone.length)
   for (const list of peopleLists) {
     list.replaceChildren(...everyone.map((p) =>
-      h('li', { class: 'person', 'data-client': String(p.clientId), 'data-name': p.name },
+      h('li', {
+        class: `person${!p.me && p.typing ? ' can-jump' : ''}`,
+        'data-client': String(p.clientId),
+        'data-name': p.name,
+        title: !p.me && p.typing ? `Go to ${p.name}'s cursor` : null,
+        onclick: !p.me && p.typing ? () => jumpTo(p.clientId) : null
+      },
         avatar(p, 'small'),
         h('span', { class: 'person-name' }, p.name),
         p.me ? h('span', { class: 'tag' }, 'you') : null,
@@ -553,9 +590,19 @@ function showPeople () {
   }
 }
 
+/** Scroll to where someone's cursor is, as a click on them in Google Docs does. */
+function jumpTo (clientId) {
+  const head = awareness.getStates().get(clientId)?.cursor?.head
+  if (!head) return
+  const position = Y.createAbsolutePositionFromRelativePosition(Y.createRelativePositionFromJSON(head), ydoc)
+  if (!position || position.type !== ytext) return
+  view.dispatch({ effects: EditorView.scrollIntoView(Math.min(position.index, view.state.doc.length), { y: 'center' }) })
+  peoplePopover.open(false)
+}
+
 awareness.on('change', showPeople)
 showPeople()
-popover(avatarsEl, document.getElementById('people-panel'))
+const peoplePopover = popover(avatarsEl, document.getElementById('people-panel'))
 
 // Remote name tags: shown for a moment after that person's caret moves.
 const caretMoves = new Map()
