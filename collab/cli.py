@@ -52,6 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "chaos":
         from .testing import chaos as chaos_runner
 
+        # It breaks connections on purpose: the clients' retry warnings are noise.
+        logging.getLogger("collab.client").setLevel(logging.ERROR)
         return chaos_runner.main(args)
     if args.command == "serve":
         return _serve(Settings.from_args(args))
