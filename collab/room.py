@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from pycrdt import ContentAttribute, Doc, IdMap, IdSet, TransactionEvent, get_update, merge_updates
 
@@ -24,15 +24,39 @@ from . import protocol
 from .closecodes import CloseCode
 from .connection import Connection, TokenBucket
 from .metrics import Metrics
-from .origins import PEER, STORE, LocalOrigin, PeerOrigin, StoreOrigin
+from .origins import LOCAL, STORE, LocalOrigin, PeerOrigin, ServerOrigin, StoreOrigin
 from .presence import Owner, Presence
 from .protocol import AwarenessBounds, ProtocolError
-from .pubsub import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
 from .store import Store
 
 log = logging.getLogger("collab.room")
 
-Origin: TypeAlias = Connection | StoreOrigin | LocalOrigin | PeerOrigin
+Origin: TypeAlias = Connection | StoreOrigin | LocalOrigin | PeerOrigin | ServerOrigin
+_ORIGIN_TYPES = (Connection, StoreOrigin, LocalOrigin, PeerOrigin, ServerOrigin)
+
+
+def author_of(origin: Origin) -> str:
+    """Who made a change, as hooks, webhooks and the store's log name it."""
+    if isinstance(origin, Connection):
+        return origin.principal.id
+    if isinstance(origin, ServerOrigin):
+        return origin.author
+    if isinstance(origin, PeerOrigin):
+        return "peer"
+    return "server"
+
+
+class RoomObserver(Protocol):
+    """What others act on when a room changes: replication to other processes
+    and the application's hooks see the same events."""
+
+    def room_changed(self, room: Room, update: bytes, origins: Sequence[Origin]) -> None:
+        """This process applied ``update`` (merged, one flush window) from ``origins``;
+        changes relayed from other processes are not reported."""
+
+    def room_presence(self, room: Room, payload: bytes) -> None:
+        """A local client's presence changed (an awareness update payload)."""
+
 
 #: Flush a turn's updates early once they hold this many (bounds merge cost).
 FLUSH_MAX_UPDATES = 64
@@ -107,7 +131,7 @@ class Room:
         awareness_timeout: float = 30.0,
         max_doc_size: int | None = None,
         metrics: Metrics | None = None,
-        broker: Broker | None = None,
+        observers: Sequence[RoomObserver] = (),
         limits: RoomLimits | None = None,
     ) -> None:
         self.name = name
@@ -121,7 +145,7 @@ class Room:
         #: The frame holding every presence state, while it is current.
         self._presence_frame: tuple[bytes, bytes] | None = None
         self._store = store
-        self._broker = broker
+        self._observers = tuple(observers)
         self._on_empty = on_empty
         self._max_doc_size = max_doc_size
         self._metrics = metrics
@@ -132,6 +156,8 @@ class Room:
         self._waiting_since = 0.0
         #: The delete set of the last transaction (to check deletes cheaply).
         self._deleted = b""
+        #: The state vector as id ranges, for large delete sets (see _orphans).
+        self._known: tuple[bytes, IdMap] | None = None
         #: Where the nested items are (to bound nesting across updates), and
         #: what the document costs in memory, both as read by scan_update.
         self._levels: protocol.Levels = {}
@@ -139,7 +165,9 @@ class Room:
         #: Server code keeping the room open (``Server.open_document``).
         self.holders = 0
         self._loop = asyncio.get_running_loop()
-        self._origin: Origin = STORE
+        #: Who is applying right now; None: an edit made directly on ``doc``
+        #: (server code), attributed from its pycrdt transaction's origin.
+        self._origin: Origin | None = None
         self._pending: list[tuple[bytes, Origin]] = []
         self._pending_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -206,8 +234,8 @@ class Room:
         if gone:
             payload = protocol.encode_awareness_entries(gone)
             self._broadcast_awareness(protocol.awareness(payload), payload, exclude=None)
-            if self._broker is not None:
-                self._broker.publish(self.name, AWARENESS, payload)
+            for observer in self._observers:
+                observer.room_presence(self, payload)
         if not self.connections and self._on_empty is not None:
             self._on_empty(self)
 
@@ -269,7 +297,7 @@ class Room:
                 raise
             raise ProtocolError(CloseCode.INVALID_DATA, "update refused: decoder panic") from None
         finally:
-            self._origin = STORE
+            self._origin = None
         self._size_bound += len(update)
         if shape is not None:
             protocol.add_levels(self._levels, shape.levels)
@@ -341,12 +369,14 @@ class Room:
         state = self.doc.get_state()
         if self._waiting is None:
             rest = get_update(update, state)
-            if rest[0] == 0 and (rest[1:] in (b"\x00", self._deleted) or not _orphans(rest, state)):
+            if rest[0] == 0 and (
+                rest[1:] in (b"\x00", self._deleted) or not self._orphans(rest, state)
+            ):
                 return  # the common case: everything was integrated
             self._waiting_since = self._loop.time()
         else:
             rest = get_update(merge_updates(self._waiting, update), state)
-            if rest[0] == 0 and (rest[1:] == b"\x00" or not _orphans(rest, state)):
+            if rest[0] == 0 and (rest[1:] == b"\x00" or not self._orphans(rest, state)):
                 self._waiting = None  # the gaps were filled
                 return
         self._waiting = rest
@@ -357,6 +387,29 @@ class Room:
                 CloseCode.DOCUMENT_TOO_LARGE,
                 f"{len(rest)} bytes would wait for missing dependencies (at most {limit})",
             )
+
+    def _orphans(self, rest: bytes, state: bytes) -> bool:
+        """Whether the delete set of ``rest`` (an update without structs) names
+        content beyond the document's state vector: deletes yrs keeps pending.
+
+        The cost follows the sender's bytes, not the document: a small delete
+        set becomes one GC range per client, which yrs compares with the state
+        vector; a large one is compared with the state vector as an IdMap,
+        built once per state (so a stream of re-deletes builds it once).
+        """
+        deletes = IdSet.decode(rest[1:])
+        if len(rest) <= _SMALL_DELETE_SET:
+            ends: dict[int, int] = {}
+            for client, span in IdMap.from_set(deletes, []).entries():
+                ends[client] = max(ends.get(client, 0), span.end)
+            return get_update(protocol.covering_update(ends), state)[0] != 0
+        known = self._known
+        if known is None or known[0] != state:
+            ranges = IdMap()
+            for client, clock in protocol.decode_state_vector(state).items():
+                ranges.insert(client, 0, clock, _MARK)
+            known = self._known = (state, ranges)
+        return bool(IdMap.from_set(deletes, _MARK) - known[1])
 
     def _drop_waiting(self) -> None:
         """Forget what waits for dependencies: rebuild the document from its encoding."""
@@ -453,38 +506,13 @@ class Room:
             payload = protocol.encode_awareness_entries(applied)
             frame = protocol.awareness(payload)
         self._broadcast_awareness(frame, payload, exclude=conn)
-        if self._broker is not None:
-            self._broker.publish(self.name, AWARENESS, payload)
+        for observer in self._observers:
+            observer.room_presence(self, payload)
 
     # -- other processes ------------------------------------------------------
 
-    def announce(self) -> None:
-        """Ask the other processes for what we lack (after loading, or a gap)."""
-        if self._broker is not None:
-            self._broker.publish(self.name, STATE_VECTOR, self.doc.get_state())
-
-    def resync(self) -> None:
-        """After a broker outage: offer everything we have, ask for everything we lack."""
-        if self._broker is not None:
-            self._broker.publish(self.name, UPDATE, self.doc.get_update())
-            self.announce()
-
-    def apply_peer(self, message: Message) -> None:
-        """A message from another process; bad ones are logged, never fatal."""
-        try:
-            if message.kind == UPDATE:
-                self.apply_update(message.data, PEER)
-            elif message.kind == AWARENESS:
-                self._apply_peer_awareness(message.data)
-            elif message.kind == STATE_VECTOR and self._broker is not None:
-                # Answer with what the asker lacks (deletions included).
-                self._broker.publish(self.name, UPDATE, self.doc.get_update(message.data))
-        except (ProtocolError, ValueError) as exc:
-            log.warning(
-                "ignored %s from peer %s for %r: %s", message.kind, message.node, self.name, exc
-            )
-
-    def _apply_peer_awareness(self, payload: bytes) -> None:
+    def apply_remote_presence(self, payload: bytes) -> None:
+        """Presence relayed from another process: shown to local clients, never owned."""
         entries = protocol.decode_awareness(payload, self._limits.awareness)
         applied = self.awareness.apply(entries, None, time.time() * 1000)
         if applied:
@@ -503,7 +531,9 @@ class Room:
         if self._step2s:
             self._step2s.clear()
         origin = self._origin
-        if isinstance(origin, StoreOrigin):
+        if origin is None:
+            origin = self._transaction_origin()
+        elif isinstance(origin, StoreOrigin):
             return
         self._pending.append((update, origin))
         self._pending_bytes += len(update)
@@ -511,6 +541,19 @@ class Room:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _transaction_origin(self) -> Origin:
+        """The origin of an edit made directly on ``doc``: its transaction's, or LOCAL.
+
+        pycrdt cannot read a transaction's origin inside an observer (the
+        transaction is borrowed), but keeps the origin object by hash.  An
+        edit without a known origin is the server's own: broadcast and stored,
+        never mistaken for a load (code review 1.4a).
+        """
+        txn = self.doc._txn
+        key = getattr(txn, "_origin_hash", None)
+        origin = self.doc._origins.get(key) if key is not None else None
+        return origin if isinstance(origin, _ORIGIN_TYPES) else LOCAL
 
     def _flush(self) -> None:
         """Send (and store) this turn's updates: one encode per distinct audience."""
@@ -521,14 +564,15 @@ class Room:
         if not pending:
             return
         merged = _merge([u for u, _ in pending])
-        local = [u for u, o in pending if not isinstance(o, PeerOrigin)]
+        local = [(u, o) for u, o in pending if not isinstance(o, PeerOrigin)]
         if local:
             # Changes that came from a peer process were stored and published there.
-            own = merged if len(local) == len(pending) else _merge(local)
+            own = merged if len(local) == len(pending) else _merge([u for u, _ in local])
             if self._store is not None:
-                self._store.append(self.name, own)
-            if self._broker is not None:
-                self._broker.publish(self.name, UPDATE, own)
+                self._store_by_author(local, own)
+            origins = [o for _, o in local]
+            for observer in self._observers:
+                observer.room_changed(self, own, origins)
         frame = protocol.sync_update(merged)
         senders = {o for _, o in pending if isinstance(o, Connection)}
         for conn in self.connections:
@@ -541,6 +585,19 @@ class Room:
             if others:
                 theirs = _merge(others)
                 sender.send_update(protocol.sync_update(theirs), theirs)
+
+    def _store_by_author(self, local: Sequence[tuple[bytes, Origin]], merged: bytes) -> None:
+        """Append this turn's changes, one log entry per author (history keeps who)."""
+        assert self._store is not None
+        authors: dict[str, list[bytes]] = {}
+        for update, origin in local:
+            authors.setdefault(author_of(origin), []).append(update)
+        if len(authors) == 1:
+            (author,) = authors
+            self._store.append(self.name, merged, author)
+            return
+        for author, updates in authors.items():
+            self._store.append(self.name, _merge(updates), author)
 
     def _broadcast_awareness(
         self, frame: bytes, payload: bytes, *, exclude: Connection | None
@@ -567,14 +624,9 @@ _DEFAULT_LIMITS = RoomLimits()
 _MARK = [ContentAttribute("x", True)]
 
 
-def _orphans(rest: bytes, state_vector: bytes) -> bool:
-    """Whether the delete set of ``rest`` (an update without structs) names
-    content beyond ``state_vector``: deletes yrs keeps pending."""
-    deletes = IdMap.from_set(IdSet.decode(rest[1:]), _MARK)
-    known = IdMap()
-    for client, clock in protocol.decode_state_vector(state_vector).items():
-        known.insert(client, 0, clock, _MARK)
-    return bool(deletes - known)
+#: Delete sets up to this size are checked range by range (an edit has a
+#: few); larger ones against the whole state vector, decoded once per state.
+_SMALL_DELETE_SET = 16 * 1024
 
 
 def _merge(updates: list[bytes]) -> bytes:

@@ -18,23 +18,37 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any
-
-from pycrdt import Doc
+from collections.abc import Sequence
 
 from .closecodes import CloseCode
-from .hooks import HookRunner
+from .hooks import Change, HookRunner, Unload
 from .memory import MemoryReleaser
 from .metrics import Metrics
+from .origins import ServerOrigin
 from .protocol import ProtocolError, UpdateShape, scan_update
 from .pubsub import Broker, Message
-from .room import Room, RoomLimits
+from .replication import Replicator
+from .room import Origin, Room, RoomLimits, RoomObserver, author_of
 from .store import Store
 
 log = logging.getLogger("collab.rooms")
 
 #: How long an unload waits for the store before keeping the room loaded.
 FLUSH_TIMEOUT = 30.0
+
+
+class ChangeReporter:
+    """Turns what rooms report into the hooks' ``on_change`` events (a RoomObserver)."""
+
+    def __init__(self, hooks: HookRunner) -> None:
+        self._hooks = hooks
+
+    def room_changed(self, room: Room, update: bytes, origins: Sequence[Origin]) -> None:
+        authors = tuple(dict.fromkeys(author_of(o) for o in origins))
+        self._hooks.emit("on_change", Change(room.name, update, authors, len(origins), len(update)))
+
+    def room_presence(self, room: Room, payload: bytes) -> None:
+        pass
 
 
 class RoomManager:
@@ -58,13 +72,18 @@ class RoomManager:
         #: What one connection may make a room do; rooms loaded later use a replacement.
         self.room_limits = room_limits or RoomLimits()
         self.metrics = metrics
-        self.broker = broker
-        #: Messages from peers that arrived while their document was loading.
-        self._early: dict[str, list[Message]] = {}
+        self.rooms: dict[str, Room] = {}
+        #: Keeps other processes in step (None: this process is alone).
+        self.replicator = Replicator(broker, store, self.rooms.get) if broker is not None else None
+        observers: list[RoomObserver] = []
+        if self.replicator is not None:
+            observers.append(self.replicator)
+        if self.hooks.wants("on_change"):
+            observers.append(ChangeReporter(self.hooks))
+        self._observers = tuple(observers)
         self._max_doc_size = max_doc_size
         #: Open connections over all rooms (the ws route keeps it).
         self.connection_count = 0
-        self.rooms: dict[str, Room] = {}
         self._unload_grace = unload_grace
         self._awareness_timeout = awareness_timeout
         self._heartbeat = heartbeat or None
@@ -131,13 +150,18 @@ class RoomManager:
         return room
 
     async def _load(self, name: str) -> Room:
+        replicator = self.replicator
         try:
-            if self.broker is not None:
+            if replicator is not None:
                 # Subscribe before loading, so nothing published between the
                 # store's read and our first stream read slips through.
-                self._early[name] = []
-                await self.broker.subscribe(name)
+                await replicator.loading(name)
             update = await self.store.load(name)
+            initial = None
+            if update is None and self.hooks.wants("load_document"):
+                # A failing or slow loader refuses the room (HookFailed): an
+                # empty document must never stand in for content it could not load.
+                initial = await self.hooks.load_document(name)
             # Seeds the room's nesting levels and memory estimate; Python
             # work proportional to the document, so aside from the loop.
             shape = await asyncio.to_thread(_shape_of_stored, name, update) if update else None
@@ -148,58 +172,35 @@ class RoomManager:
                 awareness_timeout=self._awareness_timeout,
                 max_doc_size=self._max_doc_size,
                 metrics=self.metrics,
-                broker=self.broker,
+                observers=self._observers,
                 limits=self.room_limits,
             )
             try:
                 room.load(update, shape)
+                if initial is not None:
+                    # Stored (and published) like any edit: it is new content.
+                    room.apply_update(initial, ServerOrigin("load_document"))
             except Exception:
-                await room.close()
+                await room.close(flush=False)
                 raise
             self.rooms[name] = room
-            for message in self._early.pop(name, []):
-                room.apply_peer(message)
-            # Peers holding the document answer with what the store lacked
-            # (updates still inside their commit window).
-            room.announce()
+            if replicator is not None:
+                # Peers holding the document answer with what the store lacked
+                # (updates still inside their commit window).
+                replicator.loaded(room)
             log.debug("loaded room %r", name)
             return room
         except BaseException:
-            if self.broker is not None and name not in self.rooms:
-                self.broker.unsubscribe(name)
+            if replicator is not None and name not in self.rooms:
+                replicator.load_failed(name)
             raise
         finally:
             del self._loading[name]
-            self._early.pop(name, None)
 
     def deliver(self, message: Message) -> None:
-        """Route a peer's message to its room (or hold it while the room loads)."""
-        room = self.rooms.get(message.doc)
-        if room is not None:
-            room.apply_peer(message)
-        elif message.doc in self._early:
-            self._early[message.doc].append(message)
-
-    def resync(self, name: str) -> None:
-        """After a broker outage: exchange everything with the peers again."""
-        room = self.rooms.get(name)
-        if room is not None:
-            room.resync()
-
-    async def reconcile(self, room: Room) -> None:
-        """Store what this process holds but the store lacks.
-
-        With several processes, an update is stored by the process that got it
-        from a client; if that process died inside its commit window, the
-        others still hold the update in memory.  Before a room is dropped we
-        compare with the store and append the difference.
-        """
-        state = room.doc.get_update()
-        stored = await self.store.load(room.name)
-        missing = await asyncio.to_thread(_missing_from, stored, state)
-        if missing is not None:
-            self.store.append(room.name, missing)
-            log.info("stored %d bytes of %r that the store lacked", len(missing), room.name)
+        """Route a peer's message to its room (kept for callers of the old API)."""
+        if self.replicator is not None:
+            self.replicator.deliver(message)
 
     def _schedule_unload(self, room: Room) -> None:
         if self.rooms.get(room.name) is not room or room.name in self._unload_timers:
@@ -215,19 +216,22 @@ class RoomManager:
 
     async def _unload(self, room: Room) -> None:
         try:
-            if room.connections or self.rooms.get(room.name) is not room:
+            if not room.idle or self.rooms.get(room.name) is not room:
                 return
             async with asyncio.timeout(FLUSH_TIMEOUT):
-                if self.broker is not None:
-                    await self.reconcile(room)
+                room.flush()
+                if self.replicator is not None:
+                    await self.replicator.reconcile(room)
                 await self.store.flush()
-            if room.connections or self.rooms.get(room.name) is not room:
+            if not room.idle or self.rooms.get(room.name) is not room:
                 return  # someone joined while we were flushing: keep it
             del self.rooms[room.name]
-            if self.broker is not None:
-                self.broker.unsubscribe(room.name)
+            if self.replicator is not None:
+                self.replicator.unloaded(room.name)
             await room.close()
             self.memory.unloaded(len(self.rooms))
+            if self.hooks.wants("on_unload"):
+                self.hooks.emit("on_unload", Unload(room.name))
             log.debug("unloaded room %r", room.name)
         except Exception as exc:
             # The store is failing (it retries on its own): keep the document
@@ -240,7 +244,7 @@ class RoomManager:
 
     def release_if_idle(self, room: Room) -> None:
         """Let a room opened without a connection (HTTP API) unload after the grace."""
-        if not room.connections:
+        if room.idle:
             self._schedule_unload(room)
 
     async def delete(self, name: str) -> bool:
@@ -289,10 +293,16 @@ class RoomManager:
                 await task
         for room in list(self.rooms.values()):
             await room.close()
-            if self.broker is not None:
-                with contextlib.suppress(Exception):
+            if self.replicator is not None:
+                try:
                     async with asyncio.timeout(timeout):
-                        await self.reconcile(room)
+                        await self.replicator.reconcile(room)
+                except Exception as exc:
+                    # The one moment this guards against losing another
+                    # process's edits: say so if it could not be done.
+                    log.error(
+                        "could not reconcile %r with the store at shutdown: %r", room.name, exc
+                    )
         self.rooms.clear()
         # Bounded: with the database down, shutdown must still end; the
         # store's close() reports what could not be written.
@@ -310,14 +320,3 @@ def _shape_of_stored(name: str, update: bytes) -> UpdateShape | None:
     except ProtocolError as exc:
         log.warning("could not read the structs of stored %r: %s", name, exc)
         return None
-
-
-def _missing_from(stored: bytes | None, state: bytes) -> bytes | None:
-    """``state`` if it holds anything (insert or delete) that ``stored`` lacks."""
-    if stored is None:
-        return state
-    doc: Doc[Any] = Doc()
-    doc.apply_update(stored)
-    before = doc.get_update()
-    doc.apply_update(state)
-    return None if doc.get_update() == before else state

@@ -123,8 +123,8 @@ class Server:
             manager.release_if_idle(room)
         if durable:
             await self.store.flush()
-            if manager.broker is not None:
-                await manager.broker.flush()
+            if manager.replicator is not None:
+                await manager.replicator.flush()
 
     # -- live permissions -------------------------------------------------------
 
@@ -174,11 +174,7 @@ class Server:
         try:
             app[STORE] = self._store = store
             if broker is None and settings.redis_url:
-                broker = open_broker(
-                    settings.redis_url,
-                    lambda message: self.manager.deliver(message),
-                    prefix=settings.redis_prefix,
-                )
+                broker = open_broker(settings.redis_url, prefix=settings.redis_prefix)
                 scheme = urlsplit(settings.store).scheme
                 if scheme in ("memory", "sqlite"):
                     log.warning(
@@ -205,8 +201,8 @@ class Server:
                     hook.attach(_outbox_of(store), self._content_of)
             await self.hooks.start()
             manager.start()
-            if broker is not None:
-                await broker.start(manager.resync)
+            if manager.replicator is not None:
+                await manager.replicator.start()
             _register_gauges(self.metrics, store, manager, broker)
             _warn_about_auth(settings, self.hooks)
             yield

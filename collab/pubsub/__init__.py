@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
 
 from .base import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
 
 __all__ = ["AWARENESS", "STATE_VECTOR", "UPDATE", "Broker", "Message", "open_broker"]
 
 
-def open_broker(url: str, deliver: Callable[[Message], None], *, prefix: str = "collab") -> Broker:
+def open_broker(url: str, *, prefix: str = "collab") -> Broker:
     """The broker a URL names (``redis://`` or ``rediss://``)."""
     node = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     if url.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisBroker
 
-        return RedisBroker(url, node, deliver, prefix=prefix)
+        return RedisBroker(url, node, prefix=prefix)
     raise ValueError(f"unsupported broker URL {url!r} (expected redis://HOST:PORT/N)")

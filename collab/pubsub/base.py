@@ -28,7 +28,11 @@ class Broker(Protocol):
     #: False while the broker is unreachable (reported by /readyz).
     ready: bool
 
-    async def start(self, resync: Callable[[str], None]) -> None: ...
+    async def start(
+        self, deliver: Callable[[Message], None], resync: Callable[[str], None]
+    ) -> None:
+        """Start: ``deliver`` gets other processes' messages, ``resync(doc)`` runs after
+        every reconnection."""
 
     async def close(self) -> None: ...
 

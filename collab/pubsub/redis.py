@@ -54,7 +54,6 @@ class RedisBroker:
         self,
         url: str,
         node: str,
-        deliver: Callable[[Message], None],
         *,
         prefix: str = "collab",
         maxlen: int = 10_000,
@@ -66,7 +65,7 @@ class RedisBroker:
         self.ready = False
         #: (Re)connections so far; each one resyncs every subscribed document.
         self.connects = 0
-        self._deliver = deliver
+        self._deliver: Callable[[Message], None] = _nowhere
         self._prefix = prefix
         self._maxlen = maxlen
         self._redis: Any = aioredis.from_url(url, socket_connect_timeout=2)
@@ -84,8 +83,12 @@ class RedisBroker:
     def key(self, doc: str) -> str:
         return f"{self._prefix}:doc:{doc}"
 
-    async def start(self, resync: Callable[[str], None]) -> None:
-        """Start reading and writing; ``resync(doc)`` runs after every (re)connection."""
+    async def start(
+        self, deliver: Callable[[Message], None], resync: Callable[[str], None]
+    ) -> None:
+        """Start reading and writing: ``deliver`` gets the other processes' messages,
+        ``resync(doc)`` runs after every reconnection."""
+        self._deliver = deliver
         self._resync = resync
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="collab-redis-reader"),
@@ -239,6 +242,10 @@ class RedisBroker:
             return
         for doc in list(self._positions):
             self._resync(doc)
+
+
+def _nowhere(message: Message) -> None:
+    """Messages before start() have nobody to go to (there are none: nothing is read yet)."""
 
 
 def _text(value: bytes | str) -> str:

@@ -45,8 +45,8 @@ class Store(Protocol):
     async def load(self, name: str) -> bytes | None:
         """The document's whole state as one update, or None if it never existed."""
 
-    def append(self, name: str, update: bytes) -> None:
-        """Queue an update for the document's log."""
+    def append(self, name: str, update: bytes, author: str | None = None) -> None:
+        """Queue an update for the document's log; ``author`` says who made it."""
 
     async def flush(self) -> None:
         """Wait until every appended update is durable."""

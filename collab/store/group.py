@@ -186,7 +186,7 @@ class GroupCommitStore(abc.ABC):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def append(self, name: str, update: bytes) -> None:
+    def append(self, name: str, update: bytes, author: str | None = None) -> None:
         """Queue ``update``; the next group commit (within ``commit_window``) stores it."""
         if self._closed or not self._opened:
             raise StoreError(f"store {self.where} is {'closed' if self._closed else 'not open'}")

@@ -36,7 +36,7 @@ class MemoryStore:
         entry = self._docs.get(name)
         return None if entry is None else entry.doc.get_update()
 
-    def append(self, name: str, update: bytes) -> None:
+    def append(self, name: str, update: bytes, author: str | None = None) -> None:
         entry = self._docs.get(name)
         if entry is None:
             entry = self._docs[name] = _Entry()
