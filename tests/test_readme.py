@@ -22,7 +22,8 @@ An HTML comment on the line just before a block changes that:
 - ``<!-- stop after the output shown -->``: a console block whose one command
   runs until stopped: it is interrupted once the lines shown have appeared;
 - ``<!-- server log -->``: a transcript of ``scripts/serve``; its log lines must
-  match the sandbox server's log in order, its ``==>`` lines the scripts' own.
+  match the sandbox server's log in order, its ``==>`` lines the scripts' own
+  (npm's lines are not checked).
 
 Any other block without a marker fails the test, so a block added to the
 README later is run or marked on purpose.  In every block ``127.0.0.1:8080``
@@ -384,7 +385,7 @@ def check_server_log(block: Block, box: Sandbox) -> None:
                 f"{block.where}: `{line}` is not something scripts/install or "
                 "scripts/build-frontend prints"
             )
-        elif line.strip() and not line.startswith(("$ ", "^C")):
+        elif re.match(r"\d{4}-\d\d-\d\d ", line):  # a log line; others are npm's
             shown_log.append(box.localize(line))
     match_in_order(shown_log, box.log, f"{block.where}: the server's log")
 
