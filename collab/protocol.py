@@ -316,6 +316,23 @@ def decode_state_vector(state_vector: bytes) -> dict[int, int]:
     return clocks
 
 
+def covering_update(ends: dict[int, int]) -> bytes:
+    """An update of GC ranges covering clocks ``[0, end)`` of each client.
+
+    ``get_update(covering_update(ends), state)`` holds structs exactly when
+    ``state`` lacks part of those ranges: yrs compares them, not Python.
+    """
+    encoder = Encoder()
+    encoder.write_var_uint(len(ends))
+    for client, end in ends.items():
+        for value in (1, client, 0):  # one struct, of this client, from clock 0
+            encoder.write_var_uint(value)
+        encoder.stream.append(b"\x00")  # a GC range...
+        encoder.write_var_uint(end)  # ...this long
+    encoder.write_var_uint(0)  # no deletes
+    return encoder.to_bytes()
+
+
 def encode_awareness_entries(entries: Iterable[AwarenessEntry]) -> bytes:
     """Encode awareness records as an awareness update payload."""
     items = list(entries)
@@ -654,7 +671,11 @@ def _scan_structs(data: bytes, shape: UpdateShape, known: Levels, max_depth: int
             end = clock + length
             if level > 1:
                 record(client, clock, end, level)
-            top = max(top, level + is_type)
+            if level + is_type > top:
+                top = level + is_type
+                if top > max_depth:
+                    shape.level = top  # refused by scan_update: read no further
+                    return
             prev_end = end
             prev_level = level
             clock = end

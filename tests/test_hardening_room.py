@@ -7,6 +7,7 @@ show the effect; the costs themselves are measured by ``bench.attacks``.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -140,11 +141,11 @@ async def test_awareness_entries_beyond_the_rate_are_closed_with_4429(
 ) -> None:
     honest = await make_client()
     ws = await http.ws_connect(f"{server.ws_url}/doc")
-    echo = [AwarenessEntry(honest.awareness.client_id, 0, "null")] * 2_000
+    echo = awareness_frame([AwarenessEntry(honest.awareness.client_id, 0, "null")] * 2_000)
     for _ in range(10):  # 20,000 entries at once: ten times the rate
         if ws.closed:
             break
-        await ws.send_bytes(awareness_frame(echo))
+        await ws.send_bytes(echo)
     assert await closed_with(ws) == CloseCode.RATE_LIMITED
 
 
@@ -337,10 +338,12 @@ async def test_waiting_structs_beyond_the_budget_are_refused_with_4413(
 
 
 async def test_a_delete_set_for_missing_content_beyond_the_budget_is_refused_with_4413(
-    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
-    honest = await make_client()
-    deletes = orphan_deletes(80_000)
+    server = await make_server()
+    server.app[MANAGER].room_limits = RoomLimits(max_waiting_bytes=32 * 1024)
+    honest = await make_client(url=server.ws_url)
+    deletes = await asyncio.to_thread(orphan_deletes, 12_000)  # ~40 KB of deletes
     ws = await http.ws_connect(f"{server.ws_url}/doc")
     await ws.send_bytes(protocol.sync_update(deletes))
     assert await closed_with(ws) == CloseCode.DOCUMENT_TOO_LARGE
@@ -484,3 +487,32 @@ async def test_a_document_that_would_take_too_much_memory_is_refused_with_4413(
     assert room.memory <= 1024 * 1024
     honest.doc.get("text", type=Text).insert(0, "still here")
     await eventually(lambda: str(room.doc.get("text", type=Text)) == "still here")
+
+
+async def test_deleting_again_what_is_already_deleted_waits_for_nothing() -> None:
+    room = Room("doc", store=MemoryStore())
+    conn = Connection(MemoryChannel(), doc="doc", peer="test")
+    room.join(conn)
+    full, deletes, one = await asyncio.to_thread(text_with_many_deletes)
+    assert len(deletes) > 16 * 1024  # checked against the whole state vector
+    room.handle(conn, protocol.sync_update(full))
+    for update in (one, deletes, deletes, one):
+        room.handle(conn, protocol.sync_update(update))
+        assert room._waiting is None
+    await room.close()
+
+
+def text_with_many_deletes() -> tuple[bytes, bytes, bytes]:
+    """A text, an update deleting 8,000 separate characters of it, and one deleting one."""
+    doc = Doc()
+    text = doc.get("text", type=Text)
+    text.insert(0, "ab" * 8_001)
+    full = doc.get_update()
+    before = doc.get_state()
+    with doc.transaction():
+        for i in range(8_000, 0, -1):
+            del text[2 * i : 2 * i + 1]
+    deletes = doc.get_update(before)
+    before = doc.get_state()
+    del text[0:1]
+    return full, deletes, doc.get_update(before)
