@@ -12,7 +12,7 @@ from aiohttp import web
 from . import __version__
 from .config import Settings
 from .guard import guard_middleware
-from .http_api import routes as api_routes
+from .http_api import setup_api
 from .keys import (
     BROKER,
     HOOKS,
@@ -82,7 +82,7 @@ def build_app(server: Server, *, frontend: bool = True) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    app.router.add_routes(api_routes)
+    setup_api(app)
     if frontend:
         setup_frontend(app)
     return app

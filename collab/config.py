@@ -272,6 +272,12 @@ class Settings:
         "maximum-size message); faster ones are closed with 4429",
         metavar="BYTES",
     )
+    api_rate: float = _setting(
+        100.0,
+        "HTTP API requests per second per client (its token, else its address), bursts "
+        "of twice that; a response costs one more per MiB; beyond it: 429 (0: no limit)",
+        metavar="N",
+    )
     log_level: str = _setting(
         "info",
         "debug, info, warning or error",

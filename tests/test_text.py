@@ -16,7 +16,7 @@ from tests.jsclient import JsClientFactory, utf16_len
 
 def new_text(content: str = "") -> Text:
     doc: Doc[Any] = Doc()
-    text = doc.get("text", type=Text)
+    text: Text = doc.get("text", type=Text)
     if content:
         text += content
     return text
