@@ -252,6 +252,36 @@ async def test_a_document_deleted_while_open_stops_editing_and_reopens_as_new(
     assert await server_text(server, "doomed") in (None, "")
 
 
+async def test_a_copy_of_a_document_deleted_elsewhere_is_not_silently_put_back(
+    browser: Browser, frontend_dist: Path, make_server: ServerFactory, width: int
+) -> None:
+    server = await make_server()
+    context = await browser.new_context(viewport={"width": width, "height": 720})
+    context.set_default_timeout(WAIT_MS)
+    first = await Opened(await context.new_page()).goto(editor_url(server.http_url, "agenda"))
+    await first.tab.wait_status("connected")
+    await first.tab.type_at_end("1. budget")
+    await first.wait_saved()
+    await first.page.close()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(f"{server.http_url}/api/docs/agenda") as response,
+    ):
+        assert response.status == 200
+
+    # This browser still holds the text: it asks before putting it back.
+    page = await Opened(await context.new_page()).goto(editor_url(server.http_url, "agenda"))
+    await page.tab.wait_status("gone")
+    assert "not on the server" in await page.banner()
+    assert await page.tab.text() == "1. budget"
+    assert page.sockets == []
+    await page.assert_locked()
+    await page.snap(f"gone-{width}")
+    await page.page.get_by_role("button", name="Restore it on the server").click()
+    await page.wait_saved()
+    assert await server_text(server, "agenda") == "1. budget"
+
+
 async def test_a_read_only_tab_holding_changes_the_server_refused_says_they_are_not_saved(
     browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path, width: int
 ) -> None:

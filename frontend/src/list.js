@@ -86,7 +86,7 @@ function row (doc) {
   )
 }
 
-let openMenus = () => document.querySelector('.row-actions .menu:not([hidden])')
+const openMenus = () => document.querySelector('.row-actions .menu:not([hidden])')
 
 async function refresh () {
   if (openMenus()) return // do not rebuild a row under an open menu
