@@ -223,6 +223,32 @@ async def test_a_paste_above_the_message_limit_is_refused_once_and_can_be_remove
     assert not page.errors
 
 
+async def test_a_change_that_would_overfill_the_document_is_refused_and_can_be_removed(
+    frontend_dist: Path, make_server: ServerFactory, open_page: Any, width: int
+) -> None:
+    server = await make_server(max_doc_size=20_000)
+    page = await open_page(editor_url(server.http_url, "full"))
+    await page.tab.wait_status("connected")
+    await page.tab.type_at_end("a small start. ")
+    await page.wait_saved()
+    await page.page.evaluate(
+        "() => { const v = window.collab.view; v.dispatch({ changes: { from: v.state.doc.length,"
+        " insert: 'y'.repeat(30000) }, userEvent: 'input.paste' }) }"
+    )
+    await page.tab.wait_status("doc-full")  # close 4413, once
+    assert "document is full" in await page.banner()
+    assert len(page.sockets) == 1
+    await page.assert_locked()
+    await page.snap(f"document-full-{width}")
+
+    await page.page.get_by_role("button", name="Remove it and reconnect").click()
+    await page.wait_saved()
+    assert await page.tab.text() == "a small start. "
+    await page.tab.type_at_end("and a little more")
+    await page.wait_saved()
+    assert await server_text(server, "full") == "a small start. and a little more"
+
+
 async def test_a_document_deleted_while_open_stops_editing_and_reopens_as_new(
     frontend_dist: Path, make_server: ServerFactory, open_page: Any, width: int
 ) -> None:
