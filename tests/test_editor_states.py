@@ -200,7 +200,10 @@ async def test_a_paste_above_the_message_limit_is_refused_once_and_can_be_remove
 
     await page.page.evaluate(PASTE)
     await page.tab.wait_status("too-big")
-    assert "too large to save" in await page.banner()
+    # 1009, or (when the server reset the connection under the message) the
+    # same message dropping the socket twice.
+    banner = await page.banner()
+    assert "too large to save" in banner or "did not get through" in banner, banner
     # Refused once (1009), or twice when the server reset the connection under
     # the message and the page saw 1006: never the old reconnect loop.
     refused = len(page.sockets)

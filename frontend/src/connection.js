@@ -178,6 +178,13 @@ export class Connection {
     this.connect()
   }
 
+  /** Try the refused change once more (after a guessed, not a stated, refusal). */
+  retry () {
+    this.suspectSize = 0
+    this.setState('connecting')
+    this.connect()
+  }
+
   connect () {
     clearTimeout(this.retryTimer)
     this.retryTimer = null
@@ -318,7 +325,7 @@ export class Connection {
       this.setState('offline', { unreachable: this.state.unreachable })
       this.diagnose()
     } else if (this.tooBigAgain(event)) {
-      this.refuseClose('too-big', { code: 1009, reason: '' })
+      this.refuseClose('too-big', { code: 1006, reason: '' })
     } else {
       this.setState('offline')
     }
@@ -354,12 +361,9 @@ export class Connection {
     if (kind === 'too-big') {
       const limit = Number((/limit (\d+)/i.exec(reason) || [])[1]) || null
       // Without the limit in the reason, the refused message bounds it from above.
-      const bound = limit || this.largestSent || null
-      if (bound && (!this.maxMessage || bound < this.maxMessage)) {
-        this.maxMessage = bound
-        try { sessionStorage.setItem(LIMIT_KEY, String(bound)) } catch {}
-      }
-      this.setState('too-big', { code: event.code, reason, size: this.largestSent, limit })
+      this.learnLimit(limit || (event.code === 1009 ? this.largestSent : 0))
+      // A guess from two dropped connections (1006) may be wrong: the page offers a retry too.
+      this.setState('too-big', { code: event.code, reason, size: this.largestSent, limit, suspected: event.code !== 1009 })
       return
     }
     if (kind === 'removed') {
@@ -396,6 +400,13 @@ export class Connection {
 
   // --- getting out of a refused change ---------------------------------------
 
+  /** Pastes from now on are checked against this many bytes (see the editor's paste guard). */
+  learnLimit (bound) {
+    if (!bound || (this.maxMessage && bound >= this.maxMessage)) return
+    this.maxMessage = bound
+    try { sessionStorage.setItem(LIMIT_KEY, String(bound)) } catch {}
+  }
+
   /**
    * Remove this tab's changes the server has not confirmed (the paste that was
    * too large) and connect again.  The removed text is deleted in a
@@ -403,6 +414,8 @@ export class Connection {
    * sync is small.
    */
   dropUnsaved () {
+    // Removing a change the page only guessed too large confirms the guess.
+    if (this.state.kind === 'too-big' && this.state.suspected) this.learnLimit(this.state.size)
     const doc = this.ydoc
     const from = this.confirmedClock
     const end = Y.getState(doc.store, doc.clientID)

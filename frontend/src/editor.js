@@ -222,7 +222,7 @@ const view = new EditorView({
       placeholderText.of(placeholderFor(editorOpen)),
       pasteGuard,
       theme,
-      EditorView.updateListener.of((update) => { if (update.docChanged) showCounts() })
+      EditorView.updateListener.of((update) => { if (update.docChanged) scheduleCounts() })
     ]
   })
 })
@@ -240,6 +240,11 @@ for (const event of ['stack-item-added', 'stack-item-popped', 'stack-cleared']) 
 
 const counts = document.getElementById('counts')
 const numbers = new Intl.NumberFormat()
+let countsTimer = null
+/** Words and characters, counted once typing pauses (a long document costs milliseconds per count). */
+function scheduleCounts () {
+  if (countsTimer == null) countsTimer = setTimeout(() => { countsTimer = null; showCounts() }, 150)
+}
 function showCounts () {
   const text = view.state.doc.toString()
   const words = (text.match(/\S+/g) || []).length
@@ -338,6 +343,19 @@ function bannerFor (state) {
       }
     }
     case 'too-big':
+      if (state.suspected) {
+        return {
+          tone: 'bad',
+          title: 'Your last change did not get through',
+          text: `The connection dropped twice while sending it${state.size ? ` (about ${formatBytes(state.size)})` : ''}: ` +
+            'it may be more than this server accepts at once. Nothing typed since is saved. Try again, or remove it to go on editing.',
+          actions: [
+            h('button', { type: 'button', class: 'button primary', onclick: () => conn.retry() }, 'Try again'),
+            h('button', { type: 'button', class: 'button', onclick: () => conn.dropUnsaved() }, 'Remove it and reconnect'),
+            download
+          ]
+        }
+      }
       return {
         tone: 'bad',
         title: 'That change is too large to save',
