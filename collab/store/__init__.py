@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .base import CorruptDocument, DocInfo, Store, StoreError
+from .base import CorruptDocument, DocInfo, Store, StoreError, StoreInUse
 from .memory import MemoryStore
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "MemoryStore",
     "Store",
     "StoreError",
+    "StoreInUse",
     "open_store",
 ]
 

@@ -6,11 +6,11 @@ paths.
 
 Ordering and durability: ``append`` returns at once and never blocks the
 event loop; appends are group-committed, so an update becomes durable
-within the backend's commit window, and at the latest when ``flush``
-returns.  ``load`` sees every update appended before it was called (also
-those not yet committed), merged into one update.  A commit that fails is
-retried with backoff; the updates stay queued in memory meanwhile, never
-dropped.
+within the backend's commit window (also while the document is being
+compacted), and at the latest when ``flush`` returns.  ``load`` sees
+every update appended before it was called (also those not yet
+committed), merged into one update.  A commit that fails is retried with
+backoff; the updates stay queued in memory meanwhile, never dropped.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class StoreError(Exception):
 
 class CorruptDocument(StoreError):
     """One document's stored data cannot be decoded; other documents are fine."""
+
+
+class StoreInUse(StoreError):
+    """Another process serves the store alone (a SQLite file without Redis)."""
 
 
 @dataclass(frozen=True, slots=True)

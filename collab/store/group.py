@@ -2,10 +2,18 @@
 
 ``append`` only queues an update in memory; a commit task hands everything
 queued, of every document, to the backend in one transaction at most every
-``commit_window`` seconds, retries a failed commit with backoff (the
-updates stay queued, ``healthy`` turns False), and compacts documents whose
-log grew past a threshold between commits.  Backends implement the
+``commit_window`` seconds, and retries a failed commit with backoff (the
+updates stay queued, ``healthy`` turns False).  Backends implement the
 ``_backend_*`` operations.
+
+Compaction runs beside the commits, never in their way (issue #18, finding
+7: commits that waited for a compaction were lost to a SIGKILL): it reads
+the snapshot and log, merges them (big documents in a worker process, see
+``merge.py``), then in one short transaction writes the new snapshot and
+deletes exactly the rows it read, provided they are all still there and the
+snapshot is the one it read; otherwise nothing is written and it tries
+again later.  A crash at any point leaves the old snapshot and log, or the
+new snapshot and the rows committed meanwhile.
 """
 
 from __future__ import annotations
@@ -19,11 +27,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Self
 
-from pycrdt import Doc
-
 from .base import CorruptDocument, DocInfo, StoreError
+from .merge import PROCESS_BYTES, Merger, build_update
 
 log = logging.getLogger("collab.store")
+
+__all__ = [
+    "COMMIT_WINDOW",
+    "COMPACT_BYTES",
+    "COMPACT_UPDATES",
+    "GroupCommitStore",
+    "LogRead",
+    "Pending",
+    "build_update",
+]
 
 #: Default commit window: a commit at most this often, in seconds.
 COMMIT_WINDOW = 0.02
@@ -42,28 +59,15 @@ class Pending(NamedTuple):
     at: float
 
 
-def build_update(name: str, parts: Iterable[tuple[str, bytes]]) -> bytes | None:
-    """Apply ``(label, update)`` parts to a fresh ``Doc`` and encode it as one update.
+class LogRead(NamedTuple):
+    """What a backend read of one document, consistently."""
 
-    Applying to a ``Doc`` is linear; ``pycrdt.merge_updates`` over many
-    inputs is quadratic (20,000 small updates: seconds instead of tens of
-    milliseconds).  Returns None when there are no parts; raises
-    ``CorruptDocument`` naming ``name`` and the part that cannot be decoded.
-    """
-    doc: Doc[Any] | None = None
-    for label, update in parts:
-        if doc is None:
-            doc = Doc()
-        try:
-            doc.apply_update(update)
-        except Exception as exc:
-            raise CorruptDocument(f"document {name!r}: {label} cannot be decoded: {exc}") from None
-        except BaseException as exc:
-            # yrs may panic on crafted bytes; pyo3 raises that as a BaseException.
-            if type(exc).__name__ != "PanicException":
-                raise
-            raise CorruptDocument(f"document {name!r}: {label} cannot be decoded (panic)") from None
-    return None if doc is None else doc.get_update()
+    #: The snapshot (if any), then the log rows in order, with labels for errors.
+    parts: list[tuple[str, bytes]]
+    #: How many of the parts are log rows.
+    rows: int
+    #: What ``_backend_replace_log`` needs to check that nothing changed since.
+    token: Any
 
 
 def _add_pending(infos: Mapping[str, DocInfo], pending: Iterable[Pending]) -> dict[str, DocInfo]:
@@ -91,6 +95,9 @@ class GroupCommitStore(abc.ABC):
     runs, and until it has recorded the outcome; readers that must not
     count an update twice (``info``, ``list``) take the same lock, so under
     it ``_inflight + _pending`` are exactly the updates not in the database.
+
+    Compactions run one at a time in their own task, queued by the commit
+    task when a log passes a threshold; merges go through ``merger``.
     """
 
     #: Exceptions of the driver that mean "the database said no"; wrapped in StoreError.
@@ -105,6 +112,7 @@ class GroupCommitStore(abc.ABC):
         retry_min: float = 0.05,
         retry_max: float = 5.0,
         close_timeout: float = 30.0,
+        merge_process_bytes: int | None = PROCESS_BYTES,
     ) -> None:
         if commit_window < 0 or compact_updates < 1 or compact_bytes < 1:
             raise ValueError("commit_window must be >= 0, compact_* must be >= 1")
@@ -133,6 +141,12 @@ class GroupCommitStore(abc.ABC):
         self._healthy = True
         self._last_error: str | None = None
         self._corrupt: set[str] = set()
+        #: Merges snapshot and log; big ones in worker processes, off our GIL.
+        self.merger = Merger(process_bytes=merge_process_bytes)
+        #: Documents waiting for (or in) an automatic compaction, in order.
+        self._to_compact: dict[str, None] = {}
+        self._compactor: asyncio.Task[None] | None = None
+        self._compact_lock = asyncio.Lock()
         self._opened = False
         self._closed = False
 
@@ -154,11 +168,17 @@ class GroupCommitStore(abc.ABC):
         """Insert ``batch`` in one transaction; return (log rows, log bytes) per name in it."""
 
     @abc.abstractmethod
-    async def _backend_load(self, name: str, pending: list[bytes]) -> bytes | None: ...
+    async def _backend_read(self, name: str) -> LogRead:
+        """Snapshot and log of ``name`` in one consistent read (no parts: never stored)."""
 
     @abc.abstractmethod
-    async def _backend_compact(self, name: str) -> bool:
-        """Merge snapshot and log atomically; False when there was no log to merge."""
+    async def _backend_replace_log(self, name: str, state: bytes, token: Any) -> bool:
+        """In one transaction, if the snapshot and log rows that ``token`` describes
+        are unchanged: write ``state`` as the snapshot and delete exactly those rows.
+        False (and nothing written) when they changed meanwhile."""
+
+    async def _backend_recount(self, name: str) -> None:  # noqa: B027 - optional
+        """A compaction found the log empty or changed: forget cached log totals."""
 
     @abc.abstractmethod
     async def _backend_delete(self, name: str) -> None: ...
@@ -214,15 +234,20 @@ class GroupCommitStore(abc.ABC):
         # applying a Yjs update is idempotent.
         pending = [e.update for e in (*self._inflight, *self._pending) if e.name == name]
         with self._driver_guard(f"loading {name!r}"):
-            return await self._backend_load(name, pending)
+            read = await self._backend_read(name)
+        return await self.merger.merge(
+            name, [*read.parts, *(("queued update", update) for update in pending)]
+        )
 
     async def compact(self, name: str) -> None:
         """Commit what is queued, then replace ``name``'s log by one snapshot."""
         self._check_open()
         await self.flush()
-        with self._driver_guard(f"compacting {name!r}"):
-            if await self._backend_compact(name):
-                self.compactions += 1
+        # Another process may compact or delete the document meanwhile: then
+        # nothing was written, and we read again.
+        for _ in range(5):
+            if await self._compact_once(name) is not False:
+                break
         self._corrupt.discard(name)
 
     async def delete(self, name: str) -> None:
@@ -278,12 +303,18 @@ class GroupCommitStore(abc.ABC):
         self._closed = True
         lost = 0
         try:
+            if self._compactor is not None:
+                # A compaction cut short writes nothing: the log stays as it is.
+                self._compactor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._compactor
             if self._opened:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._close_timeout):
                         await self.flush()
                 lost = self.queued
         finally:
+            await self.merger.close()
             if self._task is not None:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -385,21 +416,55 @@ class GroupCommitStore(abc.ABC):
                     self.on_commit(len(batch), took)
                 except Exception:
                     log.exception("on_commit hook of %s failed", self.where)
-            # Compactions run here, between commits: appends meanwhile wait in
-            # _pending for the next group, and a compaction never races a commit.
+            # Compactions run in their own task: commits go on meanwhile, so an
+            # update is durable within the commit window also while a big
+            # document compacts.
             for name, (rows, size) in totals.items():
-                if (rows > self.compact_updates or size > self.compact_bytes) and (
-                    name not in self._corrupt
-                ):
-                    await self._auto_compact(name)
+                if rows > self.compact_updates or size > self.compact_bytes:
+                    self._schedule_compaction(name)
 
-    async def _auto_compact(self, name: str) -> None:
-        try:
-            if await self._backend_compact(name):
+    def _schedule_compaction(self, name: str) -> None:
+        if name in self._corrupt or name in self._to_compact or self._closed:
+            return
+        self._to_compact[name] = None
+        if self._compactor is None or self._compactor.done():
+            self._compactor = asyncio.get_running_loop().create_task(
+                self._compact_queued(), name=f"collab-store-compact {self.where}"
+            )
+
+    async def _compact_queued(self) -> None:
+        while self._to_compact:
+            name = next(iter(self._to_compact))
+            try:
+                await self._compact_once(name)
+            except CorruptDocument as exc:
+                # Not retried after every commit; compact() or delete() clears this.
+                self._corrupt.add(name)
+                log.error("not compacting %s: %s", self.where, exc)
+            except Exception as exc:
+                log.warning("compacting %r in %s failed (retried later): %s", name, self.where, exc)
+            finally:
+                # Queued while it ran, so that the commits meanwhile did not queue it again.
+                self._to_compact.pop(name, None)
+
+    async def _compact_once(self, name: str) -> bool | None:
+        """Read, merge, replace: True when compacted, None when there was no log,
+        False when the log or snapshot changed meanwhile (nothing written)."""
+        async with self._compact_lock:
+            with self._driver_guard(f"compacting {name!r}"):
+                read = await self._backend_read(name)
+            if read.rows == 0:
+                with self._driver_guard(f"compacting {name!r}"):
+                    await self._backend_recount(name)
+                return None
+            state = await self.merger.merge(name, read.parts)
+            assert state is not None
+            token = read.token
+            del read  # the parts: as big as the document
+            with self._driver_guard(f"compacting {name!r}"):
+                done = await self._backend_replace_log(name, state, token)
+                if not done:
+                    await self._backend_recount(name)
+            if done:
                 self.compactions += 1
-        except CorruptDocument as exc:
-            # Not retried after every commit; compact() or delete() clears this.
-            self._corrupt.add(name)
-            log.error("not compacting %s: %s", self.where, exc)
-        except Exception as exc:
-            log.warning("compacting %r in %s failed (retried later): %s", name, self.where, exc)
+            return done

@@ -13,11 +13,15 @@ they are written once the database answers again.  (A commit whose
 acknowledgement was lost may be written twice: harmless, applying a Yjs
 update twice changes nothing.)
 
-Compaction takes ``pg_advisory_xact_lock(hashtext(name))`` inside its
-transaction, so two processes never compact the same document at once;
-it deletes exactly the log rows it read (by id), so rows that another
-process commits meanwhile, whatever their id, are kept.  ``delete`` takes
-the same lock, so a concurrent compaction cannot write the snapshot back.
+Compaction reads snapshot and log without a transaction held open,
+merges them (a worker process for big documents) while commits go on, then
+in one transaction under ``pg_advisory_xact_lock(hashtext(name))`` checks
+that the snapshot is the one it read and every row it read is still there,
+writes the new snapshot and deletes exactly those rows (by id), so rows that
+another process commits meanwhile, whatever their id, are kept.  Two
+processes may merge the same document at once; the second to write finds
+the rows gone and writes nothing.  ``delete`` takes the same lock, so a
+concurrent compaction cannot write the snapshot back.
 
 Tables: ``collab_snapshots``, ``collab_updates`` and ``collab_schema``
 (holding the schema version), created at ``open`` if missing.
@@ -25,9 +29,8 @@ Tables: ``collab_snapshots``, ``collab_updates`` and ``collab_schema``
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 try:
@@ -38,8 +41,15 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("the PostgreSQL store needs psycopg: pip install 'collab[postgres]'") from exc
 
 from .base import DocInfo, StoreError
-from .group import COMMIT_WINDOW, COMPACT_BYTES, COMPACT_UPDATES, GroupCommitStore, Pending
-from .group import build_update as _build_update
+from .group import (
+    COMMIT_WINDOW,
+    COMPACT_BYTES,
+    COMPACT_UPDATES,
+    GroupCommitStore,
+    LogRead,
+    Pending,
+)
+from .merge import PROCESS_BYTES
 
 __all__ = ["PostgresStore"]
 
@@ -64,11 +74,13 @@ _SCHEMA = [
 ]
 
 # Snapshot first, then the log in order; one statement, so one consistent read
-# even while another process compacts.
+# even while another process compacts.  ``at``: the snapshot's time, which a
+# compaction checks before it replaces the snapshot.
 _ROWS = """
-SELECT 0 AS kind, 0::bigint AS id, snapshot FROM collab_snapshots WHERE name = %(name)s
+SELECT 0 AS kind, 0::bigint AS id, snapshot, updated_at AS at
+FROM collab_snapshots WHERE name = %(name)s
 UNION ALL
-SELECT 1, id, data FROM collab_updates WHERE name = %(name)s
+SELECT 1, id, data, NULL FROM collab_updates WHERE name = %(name)s
 ORDER BY kind, id
 """
 
@@ -83,11 +95,6 @@ SELECT name, SUM(size)::bigint, SUM(n)::bigint, EXTRACT(EPOCH FROM MAX(t))::floa
 """
 
 _LOCK_DOC = "SELECT pg_advisory_xact_lock(hashtext(%s))"
-
-
-def _parts(rows: Sequence[tuple[int, int, bytes]]) -> Iterator[tuple[str, bytes]]:
-    for kind, row_id, data in rows:
-        yield ("snapshot" if kind == 0 else f"update #{row_id}"), data
 
 
 class PostgresStore(GroupCommitStore):
@@ -107,6 +114,7 @@ class PostgresStore(GroupCommitStore):
         retry_min: float = 0.05,
         retry_max: float = 5.0,
         close_timeout: float = 30.0,
+        merge_process_bytes: int | None = PROCESS_BYTES,
     ) -> None:
         super().__init__(
             commit_window=commit_window,
@@ -115,6 +123,7 @@ class PostgresStore(GroupCommitStore):
             retry_min=retry_min,
             retry_max=retry_max,
             close_timeout=close_timeout,
+            merge_process_bytes=merge_process_bytes,
         )
         self.dsn = dsn
         self._timeout = timeout
@@ -193,28 +202,38 @@ class PostgresStore(GroupCommitStore):
             rows = await cur.fetchall()
         return {name: (int(count), int(size)) for name, count, size in rows}
 
-    async def _backend_load(self, name: str, pending: list[bytes]) -> bytes | None:
+    async def _backend_read(self, name: str) -> LogRead:
         async with self._pool.connection() as conn:
             cur = await conn.execute(_ROWS, {"name": name})
-            rows: list[tuple[int, int, bytes]] = await cur.fetchall()
-        parts = [*_parts(rows), *(("queued update", u) for u in pending)]
-        if not parts:
-            return None
-        # Applying thousands of updates is CPU work: not on the event loop.
-        return await asyncio.to_thread(_build_update, name, parts)
+            rows: list[tuple[int, int, bytes, Any]] = await cur.fetchall()
+        parts = [
+            ("snapshot" if kind == 0 else f"update #{row_id}", data)
+            for kind, row_id, data, _ in rows
+        ]
+        snapshot_at = rows[0][3] if rows and rows[0][0] == 0 else None
+        ids = [row_id for kind, row_id, _, _ in rows if kind == 1]
+        return LogRead(parts, len(ids), (ids, snapshot_at))
 
-    async def _backend_compact(self, name: str) -> bool:
-        now = time.time()
+    async def _backend_replace_log(self, name: str, state: bytes, token: Any) -> bool:
+        ids: list[int] = token[0]
+        snapshot_at = token[1]
         async with self._pool.connection() as conn, conn.transaction():
+            # Held until COMMIT: no other compaction or delete of this name
+            # runs between the checks and the writes.
             await conn.execute(_LOCK_DOC, [name])
-            cur = await conn.execute(_ROWS, {"name": name})
-            rows: list[tuple[int, int, bytes]] = await cur.fetchall()
-            ids = [row_id for kind, row_id, _ in rows if kind == 1]
-            if not ids:
-                return False
-            state = await asyncio.to_thread(_build_update, name, list(_parts(rows)))
-            assert state is not None
-            await self._write_snapshot(conn, name, state, now)
+            cur = await conn.execute(
+                "SELECT updated_at FROM collab_snapshots WHERE name = %s", [name]
+            )
+            snapshot = await cur.fetchone()
+            cur = await conn.execute(
+                "SELECT COUNT(*) FROM collab_updates WHERE id = ANY(%s)", [ids]
+            )
+            still = await cur.fetchone()
+            if (snapshot[0] if snapshot else None) != snapshot_at or (
+                still is None or still[0] != len(ids)
+            ):
+                return False  # another process compacted or deleted it meanwhile
+            await self._write_snapshot(conn, name, state, time.time())
             await self._delete_log(conn, ids)
         return True
 

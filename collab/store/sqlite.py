@@ -1,8 +1,10 @@
-"""The embedded default store: one SQLite file, used from one thread.
+"""The embedded default store: one SQLite file, written from one thread.
 
-Every SQLite call runs in one dedicated thread (a one-worker executor), so
-the event loop never waits on the disk, and the connection is never shared
-between threads.
+Every write runs in one dedicated thread (a one-worker executor) and every
+read of documents in another, each with its own connection, so the event
+loop never waits on the disk, a connection is never shared between threads,
+and reading a big document never holds up a commit (WAL: readers and the
+writer do not block each other).
 
 ``append`` only puts the update in a list in memory.  At most every
 ``commit_window`` seconds (20 ms by default) the commit task hands *all*
@@ -29,8 +31,18 @@ Layout (``PRAGMA user_version`` holds the schema version)::
 
 A document's state is its snapshot (if any) plus its log rows.  When the
 log of a document passes ``compact_updates`` rows or ``compact_bytes``
-bytes, the thread merges snapshot and log into a new snapshot and deletes
-exactly the rows it merged, in one transaction.
+bytes, the store reads snapshot and log (reader thread), merges them
+(``merge.py``: a worker process for big documents) while commits go on, and
+then, in one transaction of the writer thread, writes the new snapshot and
+deletes the rows it merged (ids are never reused, so "this name, id <= the
+last merged id" is exactly them), provided they are all still there and the
+snapshot is unchanged.
+
+One process at a time: a server opened with ``lock="exclusive"`` holds an
+``flock`` on ``PATH.lock`` while it runs, so a second server on the same
+file without Redis stops at start instead of splitting live editing between
+the two (issue #18, finding 8); servers linked by Redis take it shared.
+Commands such as ``collab ls`` take no lock.
 
 The queueing, commit loop and retry logic shared with the PostgreSQL
 backend live in ``group.py``.
@@ -46,17 +58,18 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
-from .base import DocInfo, StoreError
+from .base import DocInfo, StoreError, StoreInUse
 from .group import (
     COMMIT_WINDOW,
     COMPACT_BYTES,
     COMPACT_UPDATES,
     GroupCommitStore,
+    LogRead,
     Pending,
-    build_update,
 )
+from .merge import PROCESS_BYTES
 
 log = logging.getLogger("collab.store")
 
@@ -81,12 +94,15 @@ CREATE INDEX IF NOT EXISTS collab_updates_by_name ON collab_updates (name, id);
 """
 
 # Snapshot first, then the log in order; one statement, so one consistent read.
+# ``at`` is the snapshot's time: with the last id, what a compaction checks.
 _ROWS = """
-SELECT 0 AS kind, 0 AS id, snapshot FROM collab_snapshots WHERE name = :name
+SELECT 0 AS kind, 0 AS id, snapshot, updated_at AS at FROM collab_snapshots WHERE name = :name
 UNION ALL
-SELECT 1, id, data FROM collab_updates WHERE name = :name
+SELECT 1, id, data, NULL FROM collab_updates WHERE name = :name
 ORDER BY kind, id
 """
+
+_LOG_TOTALS = "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM collab_updates WHERE name = ?"
 
 _STATS = """
 SELECT name, SUM(size), SUM(n), MAX(t) FROM (
@@ -118,6 +134,8 @@ class SQLiteStore(GroupCommitStore):
         retry_min: float = 0.05,
         retry_max: float = 5.0,
         close_timeout: float = 30.0,
+        merge_process_bytes: int | None = PROCESS_BYTES,
+        lock: Literal["none", "shared", "exclusive"] = "none",
     ) -> None:
         super().__init__(
             commit_window=commit_window,
@@ -126,16 +144,24 @@ class SQLiteStore(GroupCommitStore):
             retry_min=retry_min,
             retry_max=retry_max,
             close_timeout=close_timeout,
+            merge_process_bytes=merge_process_bytes,
         )
         if synchronous.upper() not in _SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        if lock not in ("none", "shared", "exclusive"):
+            raise ValueError("lock must be none, shared or exclusive")
         self.path = os.fspath(path)
+        self.lock = lock
         self._synchronous = synchronous.upper()
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._executor: ThreadPoolExecutor | None = None
-        # Only ever touched in the executor's one thread:
+        self._reader: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
+        # Only ever touched in the writer's one thread:
         self._db: sqlite3.Connection | None = None
         self._log_totals: dict[str, list[int]] = {}
+        # Only ever touched in the reader's one thread:
+        self._read_db: sqlite3.Connection | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
@@ -147,9 +173,16 @@ class SQLiteStore(GroupCommitStore):
     # -- running in the thread -------------------------------------------------------
 
     async def _call(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the writer thread."""
         if self._executor is None:
             raise StoreError(f"store {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the reader thread."""
+        if self._reader is None:
+            raise StoreError(f"store {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -171,12 +204,12 @@ class SQLiteStore(GroupCommitStore):
 
     async def _backend_open(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collab-sqlite")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="collab-sqlite-read")
         try:
             await self._call(self._open_sync)
+            await self._read(self._open_reader_sync)
         except BaseException:
-            await self._call(self._close_sync)
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            await self._backend_close()
             raise
 
     def _open_sync(self) -> None:
@@ -185,6 +218,8 @@ class SQLiteStore(GroupCommitStore):
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+        if self.lock != "none":
+            self._lock_fd = lock_file(self.path + ".lock", exclusive=self.lock == "exclusive")
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
@@ -212,17 +247,38 @@ class SQLiteStore(GroupCommitStore):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from None
 
+    def _open_reader_sync(self) -> None:
+        try:
+            self._read_db = sqlite3.connect(self.path, isolation_level=None)
+            self._read_db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._read_db.execute("PRAGMA query_only = 1")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from None
+
     async def _backend_close(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._read(self._close_reader_sync)
+            self._reader.shutdown(wait=True)
+            self._reader = None
         if self._executor is not None:
             with contextlib.suppress(Exception):
                 await self._call(self._close_sync)
             self._executor.shutdown(wait=True)
             self._executor = None
 
+    def _close_reader_sync(self) -> None:
+        if self._read_db is not None:
+            self._read_db.close()
+            self._read_db = None
+
     def _close_sync(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     async def _backend_write(self, batch: Sequence[Pending]) -> dict[str, tuple[int, int]]:
         result: dict[str, tuple[int, int]] = await self._call(self._write_sync, batch)
@@ -246,11 +302,7 @@ class SQLiteStore(GroupCommitStore):
                 # First sight since open: count what is there (our rows included).
                 # Committed already: a failure here must not make the batch retry.
                 try:
-                    row = self._conn.execute(
-                        "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM collab_updates"
-                        " WHERE name = ?",
-                        (name,),
-                    ).fetchone()
+                    row = self._conn.execute(_LOG_TOTALS, (name,)).fetchone()
                 except sqlite3.Error:
                     continue
                 totals = self._log_totals[name] = [int(row[0]), int(row[1])]
@@ -260,48 +312,52 @@ class SQLiteStore(GroupCommitStore):
             result[name] = (totals[0], totals[1])
         return result
 
-    async def _backend_load(self, name: str, pending: list[bytes]) -> bytes | None:
-        result: bytes | None = await self._call(self._load_sync, name, pending)
+    async def _backend_read(self, name: str) -> LogRead:
+        result: LogRead = await self._read(self._read_sync, name)
         return result
 
-    def _load_sync(self, name: str, pending: list[bytes]) -> bytes | None:
-        with self._transaction("DEFERRED") as db:
-            rows = db.execute(_ROWS, {"name": name})
+    def _read_sync(self, name: str) -> LogRead:
+        if self._read_db is None:
+            raise StoreError(f"store {self.path} is not open")
+        parts: list[tuple[str, bytes]] = []
+        snapshot_at: float | None = None
+        last_id = rows = 0
+        with contextlib.closing(self._read_db.execute(_ROWS, {"name": name})) as cursor:
+            for kind, row_id, data, at in cursor:
+                if kind == 0:
+                    snapshot_at = at
+                    parts.append(("snapshot", data))
+                else:
+                    last_id = row_id
+                    rows += 1
+                    parts.append((f"update #{row_id}", data))
+        return LogRead(parts, rows, (last_id, rows, snapshot_at))
 
-            def parts() -> Iterator[tuple[str, bytes]]:
-                for kind, row_id, data in rows:
-                    yield ("snapshot" if kind == 0 else f"update #{row_id}"), data
-                for update in pending:
-                    yield "queued update", update
-
-            return build_update(name, parts())
-
-    async def _backend_compact(self, name: str) -> bool:
-        done: bool = await self._call(self._compact_sync, name)
+    async def _backend_replace_log(self, name: str, state: bytes, token: Any) -> bool:
+        done: bool = await self._call(self._replace_sync, name, state, token)
         return done
 
-    def _compact_sync(self, name: str) -> bool:
-        now = time.time()
+    def _replace_sync(self, name: str, state: bytes, token: tuple[int, int, float | None]) -> bool:
+        last_id, rows, snapshot_at = token
         with self._transaction() as db:
-            max_id = 0
-            count = 0
-
-            def parts() -> Iterator[tuple[str, bytes]]:
-                nonlocal max_id, count
-                for kind, row_id, data in db.execute(_ROWS, {"name": name}):
-                    if kind == 1:
-                        max_id = row_id
-                        count += 1
-                    yield ("snapshot" if kind == 0 else f"update #{row_id}"), data
-
-            state = build_update(name, parts())
-            if state is None or count == 0:
-                self._log_totals[name] = [0, 0]
-                return False
-            self._write_snapshot(db, name, state, now)
-            self._delete_log(db, name, max_id)
-        self._log_totals[name] = [0, 0]
+            # The writer's lock is ours until COMMIT: nothing changes between
+            # this check and the writes.
+            snapshot = db.execute(
+                "SELECT updated_at FROM collab_snapshots WHERE name = ?", (name,)
+            ).fetchone()
+            (still,) = db.execute(
+                "SELECT COUNT(*) FROM collab_updates WHERE name = ? AND id <= ?", (name, last_id)
+            ).fetchone()
+            if still != rows or (snapshot[0] if snapshot else None) != snapshot_at:
+                return False  # compacted or deleted meanwhile (another process?)
+            self._write_snapshot(db, name, state, time.time())
+            self._delete_log(db, name, last_id)
+            left = db.execute(_LOG_TOTALS, (name,)).fetchone()
+        self._log_totals[name] = [int(left[0]), int(left[1])]
         return True
+
+    async def _backend_recount(self, name: str) -> None:
+        await self._call(self._log_totals.pop, name, None)
 
     # Separate steps so that a test can fail one inside the transaction.
     def _write_snapshot(self, db: sqlite3.Connection, name: str, state: bytes, now: float) -> None:
@@ -313,8 +369,8 @@ class SQLiteStore(GroupCommitStore):
         )
 
     def _delete_log(self, db: sqlite3.Connection, name: str, max_id: int) -> None:
-        # Exactly the rows merged: the transaction holds the write lock, so
-        # no row of this name with a smaller id can appear meanwhile.
+        # Exactly the rows merged: AUTOINCREMENT ids only grow, so no row of
+        # this name with a smaller id appeared since they were read.
         db.execute("DELETE FROM collab_updates WHERE name = ? AND id <= ?", (name, max_id))
 
     async def _backend_delete(self, name: str) -> None:
@@ -334,3 +390,55 @@ class SQLiteStore(GroupCommitStore):
         where = "" if name is None else "WHERE name = :name"
         rows = self._conn.execute(_STATS.format(where=where), {"name": name}).fetchall()
         return [DocInfo(n, int(size), int(count), float(t)) for n, size, count, t in rows]
+
+
+def lock_file(path: str, *, exclusive: bool) -> int | None:
+    """``flock`` ``path`` (created if missing) without waiting; the open descriptor.
+
+    ``StoreInUse`` names the process holding it; None where the file system
+    (or the platform) has no ``flock``: then nothing is enforced.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        log.warning("%s: no flock on this platform; not guarding against a second server", path)
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        # Shared holders are servers linked by Redis; an exclusive one runs alone.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            alone = False
+        except BlockingIOError:
+            alone = True
+        os.close(fd)
+        database = path.removesuffix(".lock")
+        if alone:
+            raise StoreInUse(
+                f"{database} is in use by collab process {holder}, which serves it alone; "
+                "stop it, or run every process with the same --redis-url "
+                "(README: Several processes)"
+            ) from None
+        raise StoreInUse(
+            f"{database} is in use by collab processes linked by Redis (the last started: "
+            f"{holder}); start this one with their --redis-url too, or give it another --store"
+        ) from None
+    except OSError as exc:
+        os.close(fd)
+        log.warning("%s: cannot lock (%s); not guarding against a second server", path, exc)
+        return None
+    # Who holds it, for the message above (shared holders: the last one started).
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        pid = ""
+    return pid if pid.isdigit() else "(unknown)"
