@@ -167,7 +167,12 @@ class Server:
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """The application's cleanup context: open everything, yield, close everything."""
         settings = self.settings
-        store = self._store if self._store is not None else store_from_settings(settings)
+        if self._store is not None:
+            store = self._store
+        else:  # alone: no other process may serve a SQLite file without Redis
+            store = store_from_settings(
+                settings, alone=not settings.redis_url and self._broker is None
+            )
         await store.open()
         manager: RoomManager | None = None
         broker = self._broker
@@ -234,15 +239,25 @@ class Server:
         return content
 
 
-def store_from_settings(settings: Settings) -> Store:
-    """The (unopened) store the settings name, with their commit and compaction knobs."""
-    if urlsplit(settings.store).scheme == "memory":
+def store_from_settings(settings: Settings, *, alone: bool | None = None) -> Store:
+    """The (unopened) store the settings name, with their commit and compaction knobs.
+
+    ``alone`` is for a server: True locks a SQLite file for this process,
+    False shares it with others linked by Redis (issue #18, finding 8); None
+    (commands such as ``collab ls``) takes no lock.
+    """
+    scheme = urlsplit(settings.store).scheme
+    if scheme == "memory":
         return open_store(settings.store)
+    lock = (
+        {} if alone is None or scheme != "sqlite" else {"lock": "exclusive" if alone else "shared"}
+    )
     return open_store(
         settings.store,
         commit_window=settings.commit_window,
         compact_updates=settings.compact_updates,
         compact_bytes=settings.compact_bytes,
+        **lock,
     )
 
 

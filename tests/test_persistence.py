@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +15,7 @@ from pycrdt import Text
 from collab.client import ConnectionClosed, Session
 from collab.closecodes import CloseCode
 from collab.testing.server import ServerProcess
+from tests.conftest import RedisServer
 from tests.helpers import converged, text_of
 
 
@@ -159,3 +161,67 @@ async def test_corrupt_row_refuses_only_that_document(tmp_path: Path) -> None:
             async with http.get(f"{server.http_url}/api/docs/good") as resp:
                 assert resp.status == 200
         assert any("bad" in line and "ERROR" in line for line in server.log)
+
+
+# -- one process per SQLite file (issue #18, finding 8) ---------------------------------
+
+
+async def collab(*args: str) -> tuple[int, str]:
+    """``collab ARGS`` in a child process: (exit status, stdout and stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collab",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_a_second_server_on_one_sqlite_file_stops_naming_the_first(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/collab.db"
+    async with ServerProcess("--store", store) as first:
+        written = await write_lines(first.ws_url, "notes", writers=1, lines=3)
+        second = ServerProcess("--store", store)
+        with pytest.raises(RuntimeError, match="exited with 1 at start"):
+            await second.start()
+        errors = [line for line in second.log if "ERROR" in line]
+        assert len(errors) == 1, second.log
+        assert first._proc is not None
+        assert f"in use by collab process {first._proc.pid}," in errors[0]
+        assert "--redis-url" in errors[0]
+        # The first one serves on, and commands that read the file still work.
+        assert await read_text(first.ws_url, "notes") == written
+        status, listing = await collab("ls", "--store", store)
+        assert status == 0 and "notes" in listing, listing
+        status, exported = await collab("export", "notes", "--store", store, "-o", "/dev/null")
+        assert status == 0, exported
+        await first.kill()
+    # A killed server leaves its lock file behind, but not its lock.
+    async with ServerProcess("--store", store) as again:
+        assert await read_text(again.ws_url, "notes") == written
+
+
+async def test_servers_linked_by_redis_share_a_sqlite_file_but_not_with_one_alone(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    store = f"sqlite:///{tmp_path}/collab.db"
+    linked = ("--store", store, "--redis-url", redis_server.url)
+    async with ServerProcess(*linked) as one, ServerProcess(*linked) as two:
+        await write_lines(one.ws_url, "shared", writers=1, lines=3)
+        assert set((await read_text(two.ws_url, "shared")).split()) == expected_lines(1, 3)
+        alone = ServerProcess("--store", store)
+        with pytest.raises(RuntimeError, match="exited with 1 at start"):
+            await alone.start()
+        errors = [line for line in alone.log if "ERROR" in line]
+        assert len(errors) == 1 and "linked by Redis" in errors[0], alone.log
+    async with ServerProcess("--store", store) as alone:
+        assert set((await read_text(alone.ws_url, "shared")).split()) == expected_lines(1, 3)
+        linked_late = ServerProcess(*linked)
+        with pytest.raises(RuntimeError, match="exited with 1 at start"):
+            await linked_late.start()
+        errors = [line for line in linked_late.log if "ERROR" in line]
+        assert len(errors) == 1 and "serves it alone" in errors[0], linked_late.log

@@ -273,12 +273,14 @@ class SQLiteStore(GroupCommitStore):
             self._read_db = None
 
     def _close_sync(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        try:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
 
     async def _backend_write(self, batch: Sequence[Pending]) -> dict[str, tuple[int, int]]:
         result: dict[str, tuple[int, int]] = await self._call(self._write_sync, batch)
