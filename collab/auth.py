@@ -73,8 +73,12 @@ OPEN = Grant(None, "write", pattern="*")
 class AuthError(Exception):
     """Why a request was refused; ``status`` is 401 (who are you?) or 403 (not allowed)."""
 
-    def __init__(self, status: int, reason: str, metric: str, code: str) -> None:
+    def __init__(
+        self, status: int, reason: str, metric: str, code: str, *, close_code: int | None = None
+    ) -> None:
         super().__init__(reason)
+        #: For a WebSocket: refuse by closing with this code after the upgrade.
+        self.close_code = close_code
         self.status = status
         self.reason = reason
         #: Short label for the refused-requests metric.
@@ -291,7 +295,13 @@ async def authenticate(
     try:
         principal = await hooks.authenticate(request)
     except Reject as exc:
-        raise AuthError(exc.status, exc.reason, exc.metric, exc.error) from None
+        raise AuthError(
+            exc.status,
+            exc.reason,
+            exc.metric,
+            exc.error,
+            close_code=exc.code if exc.close else None,
+        ) from None
     except HookFailed as exc:
         raise AuthError(503, str(exc), "hook_failed", "auth_unavailable") from None
     if principal is None:

@@ -100,6 +100,7 @@ class Reject(Exception):
     ``code`` is the WebSocket close code (44xx mirror HTTP statuses) and
     ``status`` the HTTP status used when the refusal happens before an
     upgrade or on an HTTP request (derived from ``code`` when not given).
+    ``close=True`` refuses a WebSocket with the close code instead.
     """
 
     def __init__(
@@ -110,8 +111,13 @@ class Reject(Exception):
         status: int | None = None,
         error: str | None = None,
         metric: str = "hook_refused",
+        close: bool = False,
     ) -> None:
         super().__init__(reason)
+        #: Refuse a WebSocket by upgrading and closing with ``code`` rather than
+        #: with an HTTP status: a browser cannot read the status of a failed
+        #: upgrade, but it does see a close code.
+        self.close = close
         self.code = int(code)
         self.reason = reason
         self.status = status if status is not None else _status_for(self.code)

@@ -129,7 +129,13 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             exc.reason,
             extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
         )
-        raise exc.http() from None
+        if exc.close_code is None:
+            raise exc.http() from None
+        # The application asked for a close code the browser can see.
+        refused = web.WebSocketResponse()
+        await refused.prepare(request)
+        await refused.close(code=exc.close_code, message=exc.reason.encode()[:120])
+        return refused
 
     # No per-socket heartbeat timer: the room manager pings silent
     # connections on one timer for the whole server, so pongs come to us.

@@ -98,15 +98,23 @@ class RedisBroker:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            # Bounded: redis-py can sit on a cancelled blocking XREAD until its
+            # connection is closed (below), and shutdown must not wait for it.
+            _, stuck = await asyncio.wait(self._tasks, timeout=2)
+            if stuck:
+                log.debug("redis tasks still stopping: %s", [t.get_name() for t in stuck])
         # What was queued last (a departing client's presence removal) still goes out.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(2):
                 while self._outbox and self.ready:
                     await self._send_batch()
         await self._redis.aclose()
+        for task in self._tasks:
+            if not task.done():
+                with contextlib.suppress(asyncio.CancelledError, Exception, TimeoutError):
+                    async with asyncio.timeout(2):
+                        await task
 
     async def subscribe(self, doc: str) -> None:
         """Start following ``doc`` from the stream's current end.

@@ -15,10 +15,19 @@ import signal
 import socket
 import sys
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from aiohttp import web
+
+# Imported here, not when a server starts: importing the server inside a
+# running event loop would count as blocking it (the suite's loop guard).
+from collab.config import Settings
+from collab.server import Server
+
+if TYPE_CHECKING:
+    from collab.hooks import Hooks
 
 __all__ = ["InProcessServer", "ServerProcess", "free_port", "store_url"]
 
@@ -44,15 +53,20 @@ def store_url(store: str, directory: Path | None = None) -> str:
 
 
 class InProcessServer:
-    """A collab server on this event loop; ``restart`` closes every socket with 1001."""
+    """A collab server on this event loop; ``restart`` closes every socket with 1001.
 
-    def __init__(self, **settings: Any) -> None:
-        from collab.config import Settings
+    ``hooks`` are handed to the ``collab.Server`` (a fresh one per start, so
+    a restart starts from the store like a real one); ``server`` is the
+    running ``collab.Server`` (``open_document``, permissions, its hooks).
+    """
 
+    def __init__(self, *, hooks: Sequence[Hooks] = (), **settings: Any) -> None:
         defaults: dict[str, Any] = {"store": "memory://", "unload_grace": 0.2}
         defaults.update(settings)
         defaults.setdefault("port", free_port())
         self.settings = Settings(**defaults)
+        self.hooks = tuple(hooks)
+        self._server: Server | None = None
         self._app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._restarting = asyncio.Lock()
@@ -81,10 +95,16 @@ class InProcessServer:
             raise RuntimeError("the server has not been started")
         return self._app
 
-    async def start(self) -> InProcessServer:
-        from collab.app import create_app
+    @property
+    def server(self) -> Server:
+        """The running ``collab.Server``."""
+        if self._server is None:
+            raise RuntimeError("the server has not been started")
+        return self._server
 
-        self._app = create_app(self.settings)
+    async def start(self) -> InProcessServer:
+        self._server = Server(self.settings, hooks=self.hooks)
+        self._app = self._server.app
         runner = web.AppRunner(self._app, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
