@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -31,7 +32,14 @@ import collab.app  # noqa: F401 - imported now, not on the first test's event lo
 from collab.auth import issue_token
 from collab.static import DEFAULT_DIST, setup_frontend
 from collab.testing.server import InProcessServer, ServerProcess, free_port
-from tests.conftest import IN_CI, ClientFactory, ServerFactory, node_available
+from tests.conftest import (
+    IN_CI,
+    SLOW_CALLBACK_SECONDS,
+    ClientFactory,
+    ServerFactory,
+    _SlowCallbacks,
+    node_available,
+)
 from tests.helpers import text_of
 
 try:
@@ -182,6 +190,34 @@ async def open_tab(
     await page.wait_for_function("window.collab.provider.synced", timeout=WAIT_MS)
     assert not errors, f"errors in the page: {errors}"
     return tab
+
+
+#: Playwright's driver pipe: its big messages (screenshots, page state) are
+#: decoded on the test's event loop, which the server shares.
+_PLAYWRIGHT_PIPE = "_UnixReadPipeTransport._read_ready"
+
+
+@pytest.fixture(autouse=True)
+async def event_loop_is_never_blocked() -> AsyncIterator[None]:
+    """conftest's check that nothing blocks the loop, less Playwright's own pipe reads.
+
+    The server runs on the same loop as Playwright's client here; a slow
+    decode of a screenshot under load is the test's own work, not the server's.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    handler = _SlowCallbacks()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        asyncio_log.removeHandler(handler)
+        loop.set_debug(False)
+    blocked = [m for m in handler.messages if _PLAYWRIGHT_PIPE not in m]
+    if blocked:
+        pytest.fail("the event loop was blocked:\n" + "\n".join(blocked))
 
 
 # --- editing together --------------------------------------------------------

@@ -23,10 +23,11 @@ from tests.conftest import ClientFactory, ServerFactory
 from tests.test_browser import WAIT_MS, editor_url, open_tab
 from tests.test_editor_states import SECRET, Opened, server_text
 
-# The Chromium, build and browser fixtures of test_browser.py, by name.
+# The Chromium, build, browser and loop-check fixtures of test_browser.py, by name.
 chromium = shared.chromium
 frontend_dist = shared.frontend_dist
 browser = shared.browser
+event_loop_is_never_blocked = shared.event_loop_is_never_blocked
 width = states.width
 open_page = states.open_page
 

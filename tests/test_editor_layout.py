@@ -20,10 +20,11 @@ from tests import test_editor_states as states
 from tests.test_browser import WAIT_MS, editor_url, open_tab
 from tests.test_editor_states import Opened
 
-# The Chromium, build and browser fixtures of test_browser.py, by name.
+# The Chromium, build, browser and loop-check fixtures of test_browser.py, by name.
 chromium = shared.chromium
 frontend_dist = shared.frontend_dist
 browser = shared.browser
+event_loop_is_never_blocked = shared.event_loop_is_never_blocked
 width = states.width
 open_page = states.open_page
 
@@ -53,7 +54,10 @@ async def test_remote_name_tags_show_after_a_move_and_on_hover_beside_the_caret(
     caret = ada.page.locator(".cm-ySelectionCaret", has_text="Grace Hopper")
     await caret.wait_for()
     tag = caret.locator(".cm-ySelectionInfo")
-    shown = "() => getComputedStyle(document.querySelector('.cm-ySelectionInfo')).opacity"
+    shown = (
+        "() => { const el = document.querySelector('.cm-ySelectionInfo');"
+        " return el ? getComputedStyle(el).opacity : null }"
+    )
     await tag.wait_for()
     await ada.page.wait_for_function(f"() => ({shown})() === '1'")
     # The tag sits on the caret's own line: the line above stays readable.

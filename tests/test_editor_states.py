@@ -27,10 +27,11 @@ from tests import test_browser as shared
 from tests.conftest import ServerFactory
 from tests.test_browser import ARTIFACTS, WAIT_MS, Tab, editor_url
 
-# The Chromium, build and browser fixtures of test_browser.py, by name.
+# The Chromium, build, browser and loop-check fixtures of test_browser.py, by name.
 chromium = shared.chromium
 frontend_dist = shared.frontend_dist
 browser = shared.browser
+event_loop_is_never_blocked = shared.event_loop_is_never_blocked
 
 pytestmark = pytest.mark.timeout(90)
 
