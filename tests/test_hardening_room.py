@@ -167,8 +167,15 @@ async def test_a_socket_that_never_reads_has_at_most_one_step2_waiting(
     await eventually(lambda: len(room.doc.get_update()) > 790_000)
     size = len(room.doc.get_update())
     traffic = server.app[METRICS].traffic
-    # A state vector that is not empty: it bypasses the shared full-state answer.
-    not_empty = protocol.sync_step1(writer.doc.get_state()[:-1] + b"\x01")
+    # A state vector that is not empty (it bypasses the shared full-state
+    # answer) and lacks almost everything.
+    vector = Encoder()
+    clients = protocol.decode_state_vector(writer.doc.get_state())
+    vector.write_var_uint(len(clients))
+    for client in clients:
+        vector.write_var_uint(client)
+        vector.write_var_uint(1)
+    not_empty = protocol.sync_step1(vector.to_bytes())
     sockets = [
         await http.ws_connect(f"{server.ws_url}/doc", autoclose=False, max_msg_size=0)
         for _ in range(4)
