@@ -58,6 +58,8 @@ DOC = r"/api/docs/{doc:[\s\S]+}"
 #: The root a text route reads and writes unless ``?root=`` says otherwise.
 DEFAULT_ROOT = "text"
 MAX_ROOT_LENGTH = 256
+#: The state vector of a document that holds nothing.
+EMPTY_STATE = b"\x00"
 #: How long a listing waits for lengths it has to compute; the rest are null.
 LIST_WAIT = 0.5
 #: Lengths computed at once for listings (each loads a document).
@@ -443,6 +445,8 @@ async def rename_document(request: web.Request) -> web.Response:
         try:
             # No await from here until the old editors are closed: whatever
             # they typed up to now moves along.
+            if target.doc.get_state() != EMPTY_STATE:  # someone opened `to` meanwhile
+                raise ApiError(409, "name_taken", f"a document named {to!r} exists already")
             source = manager.rooms.get(name)
             if source is not None:
                 update = source.doc.get_update()
@@ -457,7 +461,8 @@ async def rename_document(request: web.Request) -> web.Response:
         await asyncio.sleep(0)
         with _store_errors(to):
             await store.flush()
-        await manager.delete(name)
+        with _store_errors(name):
+            await manager.delete(name)
     state.lengths.pop(name, None)
     log.info("renamed document %r to %r", name, to)
     return web.json_response({"name": to})

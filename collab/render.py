@@ -248,7 +248,14 @@ class Renderer:
         return self._pool
 
     async def close(self) -> None:
-        """Stop the workers (running renders are abandoned)."""
+        """Stop the workers; a render still running is abandoned, not waited for."""
         pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        if pool is None:
+            return
+        # A shutdown waits for running renders (seconds, for a big document),
+        # and shutdown must not: end the workers first (Python 3.14 has
+        # terminate_workers(); before it, only the private process table).
+        processes = getattr(pool, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.terminate()
+        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -254,6 +256,24 @@ async def test_a_worker_that_dies_fails_one_render_and_is_replaced() -> None:
         assert await renderer.run(size, b"x" * 10) == 10
     finally:
         await renderer.close()
+
+
+def stuck(update: bytes, started: str) -> None:
+    Path(started).touch()
+    time.sleep(600)
+
+
+async def test_closing_the_renderer_does_not_wait_for_a_running_render(tmp_path: Path) -> None:
+    renderer = Renderer(workers=1, inline_limit=0)
+    warm = await renderer.run(size, b"x")
+    started = tmp_path / "started"
+    running = asyncio.ensure_future(renderer.run(stuck, b"x", str(started)))
+    await eventually(started.exists, timeout=30)
+    async with asyncio.timeout(30):  # far below the render's 600 s
+        await renderer.close()
+        with pytest.raises(RenderCrashed):
+            await running
+    assert warm == 1
 
 
 async def test_the_renderer_refuses_work_beyond_its_queue() -> None:
