@@ -564,7 +564,7 @@ def _scan_structs(data: bytes, shape: UpdateShape, known: Levels, max_depth: int
     clients, pos = uint(data, 0)
     for _ in range(clients):
         count, pos = uint(data, pos)
-        client, pos = uint(data, pos)
+        client, pos = client_id(pos)
         clock, pos = uint(data, pos)
         clients_seen.add(client)
         prev_end = -1

@@ -158,6 +158,10 @@ class Room:
         self._deleted = b""
         #: The state vector as id ranges, for large delete sets (see _orphans).
         self._known: tuple[bytes, IdMap] | None = None
+        #: Deleted ranges found to name existing content (see _orphans).
+        self._deletes_seen = IdMap()
+        #: The state vector after the last transaction.
+        self._after: bytes | None = None
         #: Where the nested items are (to bound nesting across updates), and
         #: what the document costs in memory, both as read by scan_update.
         self._levels: protocol.Levels = {}
@@ -279,11 +283,14 @@ class Room:
     def apply_update(self, update: bytes, origin: Origin) -> None:
         """Apply an update once; the observer queues its broadcast and storage."""
         shape = None
+        cost = 0
         if not isinstance(origin, StoreOrigin):
             shape = self._shape_of(update, origin)
+            cost = 0 if shape is None else shape.memory()
         if self._max_doc_size is not None and not isinstance(origin, (StoreOrigin, PeerOrigin)):
             self._check_size(len(update))
         self._origin = origin
+        self._after = None
         started = time.perf_counter()
         try:
             self.doc.apply_update(update)
@@ -301,7 +308,7 @@ class Room:
         self._size_bound += len(update)
         if shape is not None:
             protocol.add_levels(self._levels, shape.levels)
-            self.memory += shape.memory()
+            self.memory += cost
         if self._waiting is not None or not isinstance(origin, StoreOrigin):
             self._track_waiting(update, origin)
         if self._metrics is not None:
@@ -366,7 +373,9 @@ class Room:
         once it waited ``waiting_timeout`` the document is rebuilt from its
         own encoding, which holds no pending state (``expire``).
         """
-        state = self.doc.get_state()
+        # The transaction's own state vector, when there was one (cheaper
+        # than a read transaction); a fully pending update has none.
+        state = self._after if self._after is not None else self.doc.get_state()
         if self._waiting is None:
             rest = get_update(update, state)
             if rest[0] == 0 and (
@@ -392,24 +401,34 @@ class Room:
         """Whether the delete set of ``rest`` (an update without structs) names
         content beyond the document's state vector: deletes yrs keeps pending.
 
-        The cost follows the sender's bytes, not the document: a small delete
-        set becomes one GC range per client, which yrs compares with the state
-        vector; a large one is compared with the state vector as an IdMap,
-        built once per state (so a stream of re-deletes builds it once).
+        Ranges once found to name existing content are remembered (deleted
+        content stays deleted), so a client that sends its whole delete set
+        with every update (``doc.get_update(state)`` does) is checked for its
+        new ranges only.  The rest costs what the sender sent, not what the
+        document holds: a few ranges become one GC range per client, which yrs
+        compares with the state vector; many are compared with the state
+        vector as an IdMap, built once per state.
         """
-        deletes = IdSet.decode(rest[1:])
+        deletes = IdMap.from_set(IdSet.decode(rest[1:]), [])
+        deletes -= self._deletes_seen
+        if not deletes:
+            return False
         if len(rest) <= _SMALL_DELETE_SET:
             ends: dict[int, int] = {}
-            for client, span in IdMap.from_set(deletes, []).entries():
+            for client, span in deletes.entries():
                 ends[client] = max(ends.get(client, 0), span.end)
-            return get_update(protocol.covering_update(ends), state)[0] != 0
-        known = self._known
-        if known is None or known[0] != state:
-            ranges = IdMap()
-            for client, clock in protocol.decode_state_vector(state).items():
-                ranges.insert(client, 0, clock, _MARK)
-            known = self._known = (state, ranges)
-        return bool(IdMap.from_set(deletes, _MARK) - known[1])
+            orphans = get_update(protocol.covering_update(ends), state)[0] != 0
+        else:
+            known = self._known
+            if known is None or known[0] != state:
+                ranges = IdMap()
+                for client, clock in protocol.decode_state_vector(state).items():
+                    ranges.insert(client, 0, clock, _MARK)
+                known = self._known = (state, ranges)
+            orphans = bool(deletes - known[1])
+        if not orphans:
+            self._deletes_seen |= deletes
+        return orphans
 
     def _drop_waiting(self) -> None:
         """Forget what waits for dependencies: rebuild the document from its encoding."""
@@ -524,6 +543,7 @@ class Room:
 
     def _on_change(self, event: TransactionEvent) -> None:
         self._deleted = getattr(event, "delete_set", b"")  # not in pycrdt's stubs
+        self._after = getattr(event, "after_state", None)
         update: bytes = event.update
         if update == protocol.EMPTY_UPDATE:
             return
