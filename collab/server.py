@@ -16,7 +16,6 @@ or as a sub-application (aiohttp runs a sub-app's ``cleanup_ctx`` and
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -228,14 +227,16 @@ class Server:
             await self._manager.close(CloseCode.GOING_AWAY)
 
     async def _content_of(self, name: str) -> dict[str, object] | None:
-        """The document's JSON (for webhook payloads), decoded aside from the loop."""
-        from .http_api import document_content
+        """The document's JSON (for webhook payloads), decoded in the API's worker processes
+        (decoding holds the GIL: a thread would stall the loop)."""
+        from .http_api import API
+        from .render import document_content
 
         room = self.manager.rooms.get(name)
         update = room.doc.get_update() if room is not None else await self.store.load(name)
         if update is None:
             return None
-        content: dict[str, object] = await asyncio.to_thread(document_content, update)
+        content: dict[str, object] = await self.app[API].renderer.run(document_content, update)
         return content
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -11,75 +10,41 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from collab.client import Session
+from collab.testing.plugin import ClientFactory as PluginClientFactory
+from collab.testing.plugin import ServerFactory as PluginServerFactory
 from collab.testing.server import InProcessServer, ServerProcess, free_port
 
 IN_CI = os.environ.get("CI") == "true"
 
 
-async def start_server(**overrides: Any) -> InProcessServer:
-    defaults: dict[str, Any] = {"unload_grace": 0.2, "store": "memory://"}
-    return await InProcessServer(**{**defaults, **overrides}).start()
-
-
-class ServerFactory(Protocol):
-    def __call__(self, **overrides: Any) -> Awaitable[InProcessServer]: ...
+# The suite uses the fixtures collab ships for its users (collab.testing's
+# pytest plugin); these names are the suite's short aliases for them.
+ServerFactory = PluginServerFactory
+ClientFactory = PluginClientFactory
 
 
 @pytest.fixture
-async def make_server() -> AsyncIterator[ServerFactory]:
-    """Start servers with custom settings; all are stopped after the test."""
-    servers: list[InProcessServer] = []
-
-    async def factory(**overrides: Any) -> InProcessServer:
-        server = await start_server(**overrides)
-        servers.append(server)
-        return server
-
-    yield factory
-    for server in servers:
-        with contextlib.suppress(Exception):
-            await server.stop()
+def make_server(collab_server_factory: ServerFactory) -> ServerFactory:
+    """Start servers with custom settings (memory store); all stop after the test."""
+    return collab_server_factory
 
 
 @pytest.fixture
-async def server(make_server: ServerFactory) -> InProcessServer:
+def server(collab_server: InProcessServer) -> InProcessServer:
     """A collab server with default settings and the memory store."""
-    return await make_server()
-
-
-class ClientFactory(Protocol):
-    def __call__(
-        self, name: str = ..., *, url: str | None = ..., wait: bool = ..., **options: Any
-    ) -> Awaitable[Session]: ...
+    return collab_server
 
 
 @pytest.fixture
-async def make_client(server: InProcessServer) -> AsyncIterator[ClientFactory]:
+def make_client(collab_client: ClientFactory) -> ClientFactory:
     """Open synced Python client sessions; all are closed after the test."""
-    sessions: list[Session] = []
-
-    async def factory(
-        name: str = "doc", *, url: str | None = None, wait: bool = True, **options: Any
-    ) -> Session:
-        options.setdefault("min_backoff", 0.05)
-        options.setdefault("max_backoff", 0.5)
-        session = Session(url or server.ws_url, name, **options)
-        sessions.append(session)
-        await session.start()
-        if wait:
-            await session.wait_synced(10)
-        return session
-
-    yield factory
-    await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+    return collab_client
 
 
 def node_available() -> bool:

@@ -11,6 +11,8 @@ import pytest
 from pycrdt import Text
 
 from collab.client import Session
+from collab.testing import converged as collab_converged
+from collab.testing.converge import text_view
 
 
 async def eventually(
@@ -35,18 +37,11 @@ def text_of(session: Session, key: str = "text") -> str:
 
 
 async def converged(sessions: Sequence[Session], key: str = "text", timeout: float = 20.0) -> str:
-    """Wait until every session holds the same text; return it."""
+    """Wait until every session holds the same document; return the text of ``key``.
 
-    def same() -> bool:
-        texts = {text_of(s, key) for s in sessions}
-        return len(texts) == 1
-
-    try:
-        await eventually(same, timeout)
-    except AssertionError:
-        texts = "\n".join(f"  {s.name}#{i}: {text_of(s, key)!r}" for i, s in enumerate(sessions))
-        raise AssertionError(f"sessions did not converge within {timeout}s:\n{texts}") from None
-    return text_of(sessions[0], key)
+    collab.testing's own check: text and state vectors, woken by changes.
+    """
+    return await collab_converged(sessions, timeout=timeout, view=text_view(key))
 
 
 async def logged(caplog: pytest.LogCaptureFixture, *parts: str, timeout: float = 5.0) -> None:

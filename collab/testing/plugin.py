@@ -129,7 +129,7 @@ class ServerFactory(Protocol):
 class ClientFactory(Protocol):
     def __call__(
         self,
-        doc: str = ...,
+        name: str = ...,
         *,
         url: str | None = ...,
         proxy: NetemProxy | None = ...,
@@ -208,7 +208,7 @@ async def collab_client(collab_server: CollabServer) -> AsyncIterator[ClientFact
     sessions: list[Session] = []
 
     async def factory(
-        doc: str = "doc",
+        name: str = "doc",
         *,
         url: str | None = None,
         proxy: NetemProxy | None = None,
@@ -223,7 +223,7 @@ async def collab_client(collab_server: CollabServer) -> AsyncIterator[ClientFact
             url = await proxy.endpoint(label or f"client-{len(sessions)}")
         options.setdefault("min_backoff", 0.05)
         options.setdefault("max_backoff", 0.5)
-        session = Session(url or collab_server.ws_url, doc, **options)
+        session = Session(url or collab_server.ws_url, name, **options)
         sessions.append(session)
         await session.start()
         if wait:
