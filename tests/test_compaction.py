@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, Text
 
-from collab.store import StoreError, open_store
+from collab.store import CorruptDocument, StoreError, open_store
 from collab.store.group import GroupCommitStore
+from collab.store.merge import Merger
+from tests.helpers import eventually
 
 #: The big document's log: rows of entries.  Merging them takes about a
 #: second here; unlike one huge update (whose merge holds the GIL throughout)
@@ -171,3 +173,137 @@ async def test_sigkill_during_a_compaction_loses_only_the_commit_window(
         f"{len(lost)} of {len(durable)} edits appended more than {DURABLE_AFTER}s before the "
         f"SIGKILL were lost (#{lost[0]}..#{lost[-1]})"
     )
+
+
+# -- compaction beside commits and other writers -------------------------------------
+
+
+class Editor:
+    """A client document whose every change is one update."""
+
+    def __init__(self) -> None:
+        self.doc: Doc[Any] = Doc()
+        self.text = self.doc.get("text", type=Text)
+        self.updates: list[bytes] = []
+        self.doc.observe(lambda event: self.updates.append(event.update))
+
+    def type(self, s: str) -> bytes:
+        self.text += s
+        return self.updates[-1]
+
+
+def text_of(update: bytes | None) -> str:
+    assert update is not None
+    doc: Doc[Any] = Doc()
+    doc.apply_update(update)
+    return str(doc.get("text", type=Text))
+
+
+async def test_commits_go_on_while_a_compaction_merges(
+    store_url: str, stores: list[GroupCommitStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await open_(store_url, stores, compact_updates=3)
+    editor = Editor()
+    merging, go_on = asyncio.Event(), asyncio.Event()
+    merge = store.merger.merge
+
+    async def slow_merge(name: str, parts: Any) -> bytes | None:
+        if name == "doc" and not go_on.is_set():
+            merging.set()
+            await go_on.wait()  # a big document takes its time
+        return await merge(name, parts)
+
+    monkeypatch.setattr(store.merger, "merge", slow_merge)
+    for i in range(5):
+        store.append("doc", editor.type(f"{i} "))
+    async with asyncio.timeout(10):
+        await merging.wait()
+        store.append("doc", editor.type("during"))
+        await store.flush()  # committed while the compaction waits
+    go_on.set()
+    await store.compact("doc")
+    assert text_of(await store.load("doc")) == str(editor.text)
+
+
+async def test_compaction_writes_nothing_over_a_delete_made_meanwhile(
+    store_url: str, stores: list[GroupCommitStore]
+) -> None:
+    store = await open_(store_url, stores)
+    editor = Editor()
+    for piece in "abc":
+        store.append("doc", editor.type(piece))
+    await store.flush()
+    read = await store._backend_read("doc")
+    state = await store.merger.merge("doc", read.parts)
+    assert state is not None
+    await store.delete("doc")  # e.g. by another process, during the merge
+    assert not await store._backend_replace_log("doc", state, read.token)
+    assert await store.load("doc") is None
+    assert await store.info("doc") is None
+
+
+async def test_compaction_by_another_process_meanwhile_keeps_every_row(
+    store_url: str, stores: list[GroupCommitStore]
+) -> None:
+    mine, theirs = await open_(store_url, stores), await open_(store_url, stores)
+    editor = Editor()
+    for piece in "abc":
+        mine.append("doc", editor.type(piece))
+    await mine.flush()
+    read = await mine._backend_read("doc")
+    state = await mine.merger.merge("doc", read.parts)
+    assert state is not None
+    await theirs.compact("doc")
+    theirs.append("doc", editor.type("d"))
+    await theirs.flush()
+    assert not await mine._backend_replace_log("doc", state, read.token)
+    assert text_of(await mine.load("doc")) == "abcd"
+    await mine.compact("doc")  # reads again, and now succeeds
+    assert text_of(await theirs.load("doc")) == "abcd"
+    info = await theirs.info("doc")
+    assert info is not None and info.updates == 1
+
+
+# -- merges in worker processes -----------------------------------------------------------
+
+
+async def test_big_merges_run_in_a_worker_process(
+    store_url: str, stores: list[GroupCommitStore]
+) -> None:
+    store = await open_(store_url, stores, merge_process_bytes=1)
+    editor = Editor()
+    for i in range(50):
+        store.append("doc", editor.type(f"{i},"))
+    assert text_of(await store.load("doc")) == str(editor.text)
+    await store.compact("doc")
+    assert text_of(await store.load("doc")) == str(editor.text)
+    assert store.merger.in_process == 3
+    store.append("bad", b"\xff\xfe not an update")
+    with pytest.raises(CorruptDocument, match="'bad': queued update cannot be decoded"):
+        await store.load("bad")
+
+
+async def test_a_merge_worker_that_dies_fails_one_merge_and_is_replaced(
+    tmp_path: Path, stores: list[GroupCommitStore]
+) -> None:
+    store = await open_(f"sqlite:///{tmp_path}/collab.db", stores, merge_process_bytes=1)
+    editor = Editor()
+    store.append("doc", editor.type("kept"))
+    assert text_of(await store.load("doc")) == "kept"
+    (worker,) = store.merger._idle
+    worker.proc.kill()  # the OOM killer, say
+    await asyncio.to_thread(worker.proc.wait)
+    with pytest.raises(StoreError, match="merge worker process exited"):
+        await store.load("doc")
+    assert text_of(await store.load("doc")) == "kept"
+
+
+async def test_idle_merge_workers_are_stopped(tmp_path: Path) -> None:
+    merger = Merger(process_bytes=1, idle=0.05)
+    try:
+        assert await merger.merge("doc", [("update", Editor().type("x"))]) is not None
+        (worker,) = merger._idle
+        await eventually(lambda: worker.proc.poll() is not None)
+        assert not merger._idle
+    finally:
+        await merger.close()
