@@ -175,3 +175,16 @@ async def test_peer_that_answers_the_ping_stays() -> None:
     assert not conn.closed and channel.pings == 1
     conn.check_alive(start + 21, interval=10)
     assert channel.pings == 2
+
+
+async def test_queued_bytes_are_checked_at_every_enqueue_not_only_at_the_frame_limit() -> None:
+    channel = MemoryChannel()
+    channel.block()
+    conn = Connection(
+        channel, doc="d", peer="test", limits=SendLimits(queue_limit=64, max_queue_bytes=10_000)
+    )
+    conn.send(b"\x00\x00\x01\x00")  # in flight: the writer now waits on the socket
+    for _ in range(3):  # three unmergeable frames: far beyond the bytes, far below 64 frames
+        conn.send(protocol.sync_step2(b"\x00" * 6_000))
+    assert conn.close_code == CloseCode.TRY_AGAIN_LATER
+    channel.unblock()
