@@ -116,6 +116,17 @@ def _secret(raw: str) -> str:
 _secret.__name__ = "secret"
 
 
+def _import_path(raw: str) -> str:
+    """``package.module:Name``: checked for shape here, imported when the server starts."""
+    module, sep, name = raw.partition(":")
+    if not sep or not module or not name.isidentifier():
+        raise ValueError("expected module:name, e.g. myapp.hooks:AuditHooks")
+    return raw
+
+
+_import_path.__name__ = "module:name"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = _setting("127.0.0.1", "interface to listen on")
@@ -191,6 +202,14 @@ class Settings:
     redis_prefix: str = _setting(
         "collab", "prefix of the Redis keys, to share one Redis between deployments"
     )
+    hook: tuple[str, ...] = _setting(
+        (),
+        "hooks to run, as module:name of a Hooks class or object (repeatable, in order; "
+        "see docs/embedding.md)",
+        metavar="MODULE:NAME",
+        parse=_import_path,
+        repeat=True,
+    )
     webhook_url: tuple[str, ...] = _setting(
         (),
         "URL that receives signed document events (repeatable; needs --webhook-secret)",
@@ -209,6 +228,14 @@ class Settings:
         "webhook event types to deliver (repeatable)",
         metavar="TYPE",
         parse=_choice("doc.persisted", "doc.created", "doc.deleted", "doc.restored"),
+        repeat=True,
+    )
+    webhook_retry: tuple[float, ...] = _setting(
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
+        "seconds before each retry of a failed webhook delivery, +-20% jitter "
+        "(repeatable; Retry-After is honoured; after the last one it is marked failed)",
+        metavar="SECONDS",
+        parse=float,
         repeat=True,
     )
     webhook_content: bool = _setting(
@@ -354,8 +381,8 @@ def _shown(f: dataclasses.Field[Any]) -> str:
     if f.default is None:
         return "none"
     if f.metadata["repeat"]:
-        default: tuple[str, ...] = f.default  # type: ignore[assignment]
-        return ",".join(default) or "none"
+        default: tuple[object, ...] = f.default  # type: ignore[assignment]
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) or "none"
     return str(f.default)
 
 

@@ -16,6 +16,7 @@ or as a sub-application (aiohttp runs a sub-app's ``cleanup_ctx`` and
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -285,7 +286,7 @@ def _warn_about_auth(settings: Settings, hooks: HookRunner) -> None:
 def _builtin_hooks(settings: Settings) -> list[Hooks]:
     from .auth import TokenAuth
 
-    hooks: list[Hooks] = []
+    hooks: list[Hooks] = [_load_hook(path) for path in settings.hook]
     if settings.auth_secret is not None:
         hooks.append(TokenAuth(settings.auth_secret))
     for url in settings.webhook_url:
@@ -297,9 +298,23 @@ def _builtin_hooks(settings: Settings) -> list[Hooks]:
                 settings.webhook_secret,
                 events=settings.webhook_events,
                 include_content=settings.webhook_content,
+                retry_schedule=settings.webhook_retry,
             )
         )
     return hooks
+
+
+def _load_hook(path: str) -> Hooks:
+    """The hook ``module:name`` names: a ``Hooks`` instance, or a class made without arguments."""
+    module_name, _, name = path.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--hook {path}: cannot import it: {exc}") from None
+    hook = target() if isinstance(target, type) else target
+    if not isinstance(hook, Hooks):
+        raise ValueError(f"--hook {path}: {type(hook).__name__} is not a collab.Hooks")
+    return hook
 
 
 def _outbox_of(store: Store) -> Outbox:

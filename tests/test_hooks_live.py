@@ -247,3 +247,22 @@ async def test_an_app_can_make_a_user_read_only_and_then_disconnect_them(
         msg = await ws.receive(timeout=10)
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert ws.close_code == CloseCode.FORBIDDEN
+
+
+class Counting(Hooks):
+    """Named by tests below as ``--hook tests.test_hooks_live:Counting``."""
+
+    async def on_change(self, event: Change) -> None:
+        pass
+
+
+def test_hooks_named_in_settings_are_loaded_in_order() -> None:
+    from collab.config import Settings
+    from collab.server import Server
+
+    server = Server(Settings(hook=("tests.test_hooks_live:Counting",)))
+    assert [type(h).__name__ for h in server.hooks.hooks] == ["Counting"]
+    with pytest.raises(ValueError, match="cannot import"):
+        Server(Settings(hook=("tests.no_such_module:Counting",)))
+    with pytest.raises(ValueError, match="is not a collab.Hooks"):
+        Server(Settings(hook=("tests.test_hooks_live:SECRET",)))
