@@ -451,6 +451,7 @@ class GroupCommitStore(abc.ABC):
         """Read, merge, replace: True when compacted, None when there was no log,
         False when the log or snapshot changed meanwhile (nothing written)."""
         async with self._compact_lock:
+            started = time.monotonic()
             with self._driver_guard(f"compacting {name!r}"):
                 read = await self._backend_read(name)
             if read.rows == 0:
@@ -459,7 +460,7 @@ class GroupCommitStore(abc.ABC):
                 return None
             state = await self.merger.merge(name, read.parts)
             assert state is not None
-            token = read.token
+            token, rows = read.token, read.rows
             del read  # the parts: as big as the document
             with self._driver_guard(f"compacting {name!r}"):
                 done = await self._backend_replace_log(name, state, token)
@@ -467,4 +468,14 @@ class GroupCommitStore(abc.ABC):
                     await self._backend_recount(name)
             if done:
                 self.compactions += 1
+                log.debug(
+                    "compacted %r in %s: %d updates into %d bytes in %.3fs",
+                    name,
+                    self.where,
+                    rows,
+                    len(state),
+                    time.monotonic() - started,
+                )
+            else:
+                log.debug("%r in %s changed while it compacted: not written", name, self.where)
             return done

@@ -204,7 +204,8 @@ class PostgresStore(GroupCommitStore):
 
     async def _backend_read(self, name: str) -> LogRead:
         async with self._pool.connection() as conn:
-            cur = await conn.execute(_ROWS, {"name": name})
+            # Binary: bytea as text is hex, decoded on the event loop (30 MB: 0.3 s).
+            cur = await conn.execute(_ROWS, {"name": name}, binary=True)
             rows: list[tuple[int, int, bytes, Any]] = await cur.fetchall()
         parts = [
             ("snapshot" if kind == 0 else f"update #{row_id}", data)
