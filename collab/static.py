@@ -6,11 +6,18 @@ Vite writes, cached for a year.  The pages themselves are ``no-cache`` so a
 new build is picked up at once.  The build is looked up on every request: a
 server started before ``npm run build`` serves the editor as soon as it exists,
 and without a build ``/`` explains in one line how to make one.
+
+Mounted under a prefix (``parent.add_subapp("/collab/", server.app)``), the
+pages get ``<base href="/collab/">``: the build's asset URLs are relative and
+the scripts take their API and WebSocket paths from that base.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import html
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -42,21 +49,30 @@ def setup_frontend(app: web.Application, dist: Path | None = None) -> None:
     """
     root = (dist if dist is not None else DEFAULT_DIST).resolve()
 
-    def page(filename: str) -> web.Response | web.FileResponse:
+    async def page(request: web.Request, filename: str) -> web.Response:
         path = root / filename
         if not path.is_file():
-            body = _NOT_BUILT.format(dist=html.escape(str(root)))
+            explain = _NOT_BUILT.format(dist=html.escape(str(root)))
             return web.Response(
-                text=body, content_type="text/html", headers={"Cache-Control": HTML_CACHE}
+                text=explain, content_type="text/html", headers={"Cache-Control": HTML_CACHE}
             )
-        return web.FileResponse(path, headers={"Cache-Control": HTML_CACHE})
+        # The home route's path after aiohttp prefixed it: "/" alone, "/collab/" mounted.
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        body = with_base(text, home.resource.canonical if home.resource else "/").encode()
+        etag = hashlib.sha256(body).hexdigest()[:32]
+        headers = {"Cache-Control": HTML_CACHE, "ETag": f'"{etag}"'}
+        if request.headers.get("If-None-Match") == headers["ETag"]:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
     async def index(request: web.Request) -> web.StreamResponse:
-        return page("index.html")
+        return await page(request, "index.html")
 
     async def editor(request: web.Request) -> web.StreamResponse:
         # editor.html, or a single-page build's index.html.
-        return page("editor.html" if (root / "editor.html").is_file() else "index.html")
+        return await page(
+            request, "editor.html" if (root / "editor.html").is_file() else "index.html"
+        )
 
     async def asset(request: web.Request) -> web.StreamResponse:
         assets = root / "assets"
@@ -69,7 +85,21 @@ def setup_frontend(app: web.Application, dist: Path | None = None) -> None:
             raise web.HTTPNotFound()
         return web.FileResponse(path, headers={"Cache-Control": ASSET_CACHE})
 
-    app.router.add_get("/", index)
+    home = app.router.add_get("/", index)
     # [\s\S]: "." would not match a newline (%0A) in a document name.
     app.router.add_get(r"/d/{doc:[\s\S]+}", editor)
     app.router.add_get(r"/assets/{path:[\s\S]+}", asset)
+
+
+_HEAD = re.compile(r"<head\b[^>]*>", re.IGNORECASE)
+
+
+def with_base(page: str, base: str) -> str:
+    """``page`` with ``<base href="{base}">`` first in its head (relative URLs resolve there)."""
+    tag = f'<base href="{html.escape(base)}">'
+    head = _HEAD.search(page)
+    if head is not None:
+        return f"{page[: head.end()]}\n    {tag}{page[head.end() :]}"
+    doctype = re.match(r"\s*<!doctype[^>]*>", page, re.IGNORECASE)
+    at = doctype.end() if doctype else 0
+    return f"{page[:at]}{tag}{page[at:]}"

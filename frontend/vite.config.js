@@ -6,6 +6,9 @@ import { defineConfig } from 'vite'
 const backend = process.env.COLLAB_BACKEND || 'http://127.0.0.1:8080'
 
 export default defineConfig({
+  // Relative asset URLs: collab serves each page with <base href> naming where it
+  // is mounted ("/" or e.g. "/collab/"), so one build works under any prefix.
+  base: './',
   build: {
     outDir: 'dist',
     emptyOutDir: true,

@@ -138,3 +138,40 @@ async def test_the_editor_page_opens_a_name_with_a_newline(
     async with http.get(site + "/d/two%0Alines") as response:
         assert response.status == 200
         assert "<title>editor</title>" in await response.text()
+
+
+async def test_pages_name_where_collab_is_mounted_in_their_base_href(
+    dist: Path, http: aiohttp.ClientSession
+) -> None:
+    """Relative asset URLs and the scripts' API and socket paths resolve against it."""
+    (dist / "editor.html").write_text(
+        '<!doctype html><html><head><title>editor</title><script src="./assets/e.js"></script>'
+    )
+    alone = web.Application()
+    setup_frontend(alone, dist)
+    mounted = web.Application()
+    setup_frontend(mounted, dist)
+    parent = web.Application()
+    parent.add_subapp("/collab/", mounted)
+    for app, prefix in ((alone, "/"), (parent, "/collab/")):
+        runner, url = await serve(app)
+        try:
+            for path in ("", "d/notes", "d/a/b"):
+                async with http.get(f"{url}{prefix}{path}") as response:
+                    assert response.status == 200
+                    body = await response.text()
+                    assert body.count("<base ") == 1, body
+                    assert f'<base href="{prefix}">' in body, body
+                    etag = response.headers["ETag"]
+                async with http.get(
+                    f"{url}{prefix}{path}", headers={"If-None-Match": etag}
+                ) as response:
+                    assert response.status == 304
+            async with http.get(f"{url}{prefix}d/notes") as response:
+                body = await response.text()
+                # First in the head, before the first relative URL.
+                assert body.index("<base ") < body.index("./assets/e.js")
+            async with http.get(f"{url}{prefix}assets/editor-Ab12Cd34.js") as response:
+                assert response.status == 200
+        finally:
+            await runner.cleanup()

@@ -51,10 +51,28 @@ export function tokenScope (value = currentToken) {
   return claims.doc ?? claims.doc_pattern ?? null
 }
 
+/**
+ * Where collab is served: `/` alone, `/collab/` when an application mounts it
+ * there (the server names it in each page's `<base href>`).
+ */
+export const basePath = document.querySelector('base[href]') ? new URL(document.baseURI).pathname : '/'
+
+/** A path of collab's own (`/d/x`, `/api/docs`, `/ws`) under the prefix it is served at. */
+export function appPath (path) {
+  return path.startsWith('/') ? basePath + path.slice(1) : path
+}
+
+/** This page's path without the prefix (`/d/x` for `/collab/d/x`). */
+export function pagePath () {
+  const path = location.pathname
+  return path.startsWith(basePath) ? `/${path.slice(basePath.length)}` : path
+}
+
 /** `path` on this page's origin with the token kept in the query, for links between pages. */
 export function withToken (path, value = currentToken) {
-  if (!value) return path
-  return `${path}${path.includes('?') ? '&' : '?'}token=${encodeURIComponent(value)}`
+  const url = appPath(path)
+  if (!value) return url
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(value)}`
 }
 
 /** Point every `a[data-keep-token]` at its path with the current token. */
@@ -78,7 +96,7 @@ export function docPath (name, rest = '') {
 /** The WebSocket base on the same host as the page: ws: behind http:, wss: behind https:. */
 export function websocketBase () {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:'
-  return `${scheme}//${location.host}/ws`
+  return `${scheme}//${location.host}${appPath('/ws')}`
 }
 
 /** A refused API call: the HTTP status and the server's stable error code and message. */
@@ -111,7 +129,7 @@ async function errorOf (response) {
 export async function api (path, { as = 'json', ...init } = {}) {
   const headers = new Headers(init.headers || {})
   if (currentToken) headers.set('Authorization', `Bearer ${currentToken}`)
-  const response = await fetch(path, { cache: 'no-store', ...init, headers })
+  const response = await fetch(appPath(path), { cache: 'no-store', ...init, headers })
   if (!response.ok) throw await errorOf(response)
   return as === 'text' ? response.text() : response.json()
 }
@@ -126,7 +144,7 @@ export async function checkAccess (name) {
   let response
   try {
     // HEAD of the binary state: no JSON rendering of the content on the server.
-    response = await fetch(docPath(name, '/update'), { method: 'HEAD', headers, cache: 'no-store' })
+    response = await fetch(appPath(docPath(name, '/update')), { method: 'HEAD', headers, cache: 'no-store' })
   } catch {
     return { kind: 'unreachable', code: null, message: 'the server cannot be reached' }
   }

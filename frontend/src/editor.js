@@ -16,8 +16,8 @@ import { markdownKeymap, markdownLanguage } from '@codemirror/lang-markdown'
 import { highlightSelectionMatches, openSearchPanel, search, searchKeymap } from '@codemirror/search'
 import { tags } from '@lezer/highlight'
 import {
-  PALETTE, api, colorFor, copyText, editorHref, formatBytes, getToken, h, initials, keepTokenInLinks,
-  lighten, loadUser, saveUser, setToken, toast, tokenClaims, tokenFromInput, tokenScope, withToken
+  PALETTE, api, appPath, colorFor, copyText, editorHref, formatBytes, getToken, h, initials, keepTokenInLinks,
+  lighten, loadUser, pagePath, saveUser, setToken, toast, tokenClaims, tokenFromInput, tokenScope, withToken
 } from './common.js'
 import { Connection } from './connection.js'
 import { openLocalCopy, storedText } from './local.js'
@@ -28,7 +28,7 @@ import { menu, popover } from './dialog.js'
 
 /** The document name from /d/{URL-encoded name} (a raw "/" in the rest is part of the name). */
 function documentName () {
-  const rest = location.pathname.replace(/^\/d\//, '')
+  const rest = pagePath().replace(/^\/d\//, '')
   try {
     return decodeURIComponent(rest)
   } catch {
@@ -749,7 +749,7 @@ function whenExpires (seconds) {
 
 async function openShare () {
   shareDialog.showModal()
-  const base = `${location.origin}/d/${encodeURIComponent(name)}`
+  const base = location.origin + appPath(`/d/${encodeURIComponent(name)}`)
   if (!shareCache) {
     shareBody.replaceChildren(h('p', { class: 'muted' }, 'Preparing links…'))
     shareCache = await shareLinks()
