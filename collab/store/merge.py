@@ -101,7 +101,8 @@ class Merger:
         self._slots = asyncio.Semaphore(max(1, workers))
         self._reaper: asyncio.TimerHandle | None = None
         self._closed = False
-        self._no_processes = False
+        # A zipped or frozen install has no worker.py to run: threads then.
+        self._no_processes = not _WORKER.is_file()
         #: Merges done in a worker process (for tests and metrics).
         self.in_process = 0
 

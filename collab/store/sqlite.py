@@ -421,8 +421,8 @@ def lock_file(path: str, *, exclusive: bool) -> int | None:
         if alone:
             raise StoreInUse(
                 f"{database} is in use by collab process {holder}, which serves it alone; "
-                "stop it, or run every process with the same --redis-url "
-                "(README: Several processes)"
+                "stop it, or, to serve it from several processes, start each with the same "
+                "--redis-url (see docs/scale-out.md)"
             ) from None
         raise StoreInUse(
             f"{database} is in use by collab processes linked by Redis (the last started: "
