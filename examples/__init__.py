@@ -1,0 +1,1 @@
+"""Worked examples of collab used as a library (see each folder's README.md)."""
