@@ -232,7 +232,7 @@ class Settings:
     )
     webhook_retry: tuple[float, ...] = _setting(
         (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0),
-        "seconds before each retry of a failed webhook delivery, +-20% jitter "
+        "seconds before each retry of a failed webhook delivery, give or take a fifth "
         "(repeatable; Retry-After is honoured; after the last one it is marked failed)",
         metavar="SECONDS",
         parse=float,
@@ -283,6 +283,29 @@ class Settings:
         128 * 1024 * 1024,
         "encoded size a document may reach; updates beyond it are refused (close 4413)",
         metavar="BYTES",
+    )
+    max_doc_memory: int = _setting(
+        1024 * 1024 * 1024,
+        "memory a document may take, estimated from its structs (nested maps cost ~50x "
+        "their encoded size); updates beyond it are refused (close 4413)",
+        metavar="BYTES",
+    )
+    max_waiting_bytes: int = _setting(
+        256 * 1024,
+        "bytes of updates that may wait for missing dependencies per document (dropped "
+        "after 30 s); beyond it the sender is closed with 4413",
+        metavar="BYTES",
+    )
+    max_nesting: int = _setting(
+        64,
+        "how deeply shared types and JSON values may nest in a document (close 1007)",
+        metavar="N",
+    )
+    max_awareness_entries: int = _setting(
+        2048,
+        "presence entries one awareness message may carry (close 1008); a client sends "
+        "its own and echoes the room's",
+        metavar="N",
     )
     max_name_length: int = _setting(
         512, "longest document name; longer ones are refused with HTTP 400", metavar="CHARS"

@@ -40,7 +40,9 @@ from .keys import (
 from .loop import Context
 from .metrics import Metrics
 from .origins import ServerOrigin
+from .protocol import AwarenessBounds
 from .pubsub import Broker, open_broker
+from .room import RoomLimits
 from .rooms import RoomManager
 from .store import Store, open_store
 from .webhooks import Outbox, Webhook
@@ -198,6 +200,7 @@ class Server:
                 metrics=self.metrics,
                 broker=broker,
                 hooks=self.hooks,
+                room_limits=room_limits(settings),
             )
             app[MANAGER] = self._manager = manager
             app[LOOP_CONTEXT] = Context(manager, settings, self.metrics, self.hooks)
@@ -239,6 +242,16 @@ class Server:
             return None
         content: dict[str, object] = await self.app[API].renderer.run(document_content, update)
         return content
+
+
+def room_limits(settings: Settings) -> RoomLimits:
+    """What one connection may make a room do, from the settings (issue #18)."""
+    return RoomLimits(
+        awareness=AwarenessBounds(max_entries=settings.max_awareness_entries),
+        max_waiting_bytes=settings.max_waiting_bytes,
+        max_doc_memory=settings.max_doc_memory,
+        max_depth=settings.max_nesting,
+    )
 
 
 def store_from_settings(settings: Settings, *, alone: bool | None = None) -> Store:
