@@ -349,6 +349,9 @@ export class Connection {
   }
 
   refuseClose (kind, event) {
+    // No blind retry: the provider would resend what was just refused (a
+    // guessed refusal comes from a close it would otherwise retry).
+    this.provider.shouldConnect = false
     const reason = event.reason || ''
     if (kind === 'busy') {
       const delay = Math.min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** this.backoff) * (0.8 + Math.random() * 0.4)
