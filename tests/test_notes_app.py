@@ -463,3 +463,19 @@ async def _listening(port: int) -> bool:
     writer.close()
     await writer.wait_closed()
     return True
+
+
+async def test_a_domain_name_is_answered_once_it_is_allowed(tmp_path: Path) -> None:
+    for allowed, status in (((), 403), (("notes.example.com",), 401)):
+        runner, app = await start_app(tmp_path / str(status), allowed_hosts=allowed)
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"{app.url}/collab/api/docs", headers={"Host": "notes.example.com"}
+                ) as response,
+            ):
+                # 401: past the Host check, asked to sign in.
+                assert response.status == status, await response.text()
+        finally:
+            await runner.cleanup()

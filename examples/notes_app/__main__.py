@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--secure-cookies", action="store_true", help="mark the session cookie Secure (https)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a domain name the app is reached at (repeatable; IP addresses and localhost "
+        "always work)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         webhooks=args.webhooks,
         secure_cookies=args.secure_cookies,
+        allowed_hosts=tuple(args.allowed_host),
     )
     app = create_app(config)
     print(f"notes app on http://{args.host}:{args.port}/ (collab under /collab/)", flush=True)

@@ -66,6 +66,9 @@ class Config:
     webhook_debounce: float = 2.0
     #: Mark the session cookie ``Secure`` (the app is served over https).
     secure_cookies: bool = False
+    #: Domain names the app is reached at (collab answers only these, IP
+    #: addresses and localhost: its defence against DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 DB = web.AppKey("db", AppDB)
@@ -95,7 +98,11 @@ def create_app(config: Config) -> web.Application:
     preload()
     db = AppDB(config.data / "notes.db")
     hooks = AppHooks(db, keys["session"].encode())
-    settings = collab.Settings(store=f"sqlite:///{config.data / 'collab.db'}")
+    settings = collab.Settings(
+        store=f"sqlite:///{config.data / 'collab.db'}",
+        host=config.host,
+        allowed_host=config.allowed_hosts,
+    )
     # The store, made here to ask whether it keeps a webhook outbox (collab opens it).
     store = store_from_settings(settings, alone=True)
     stack: list[collab.Hooks] = [hooks]
