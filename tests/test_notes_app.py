@@ -479,3 +479,22 @@ async def test_a_domain_name_is_answered_once_it_is_allowed(tmp_path: Path) -> N
                 assert response.status == status, await response.text()
         finally:
             await runner.cleanup()
+
+
+async def test_only_the_owner_deletes_a_note_through_collabs_api(notes_app: NotesApp) -> None:
+    bob = await notes_app.cookie("bob", "bob-password")
+    ada = await notes_app.cookie("ada", "ada-password")
+    async with aiohttp.ClientSession(cookies=bob) as http:
+        async with http.delete(f"{notes_app.url}/collab/api/docs/shared-plan") as response:
+            assert response.status == 403
+            assert "only the owner" in (await response.json())["message"]
+        # Writing is still his to do.
+        async with http.put(
+            f"{notes_app.url}/collab/api/docs/shared-plan/text", data="Bob's plan"
+        ) as response:
+            assert response.status == 200, await response.text()
+    async with (
+        aiohttp.ClientSession(cookies=ada) as http,
+        http.delete(f"{notes_app.url}/collab/api/docs/shared-plan") as response,
+    ):
+        assert response.status == 200

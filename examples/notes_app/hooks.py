@@ -15,6 +15,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+from aiohttp import web
+
 import collab
 from collab import Change, ConnectRequest, Principal, Reject
 
@@ -80,6 +82,9 @@ class AppHooks(collab.Hooks):
                 close=True,
             )
         role = roles.get(request.doc) if request.doc is not None else None
+        if role != "owner" and _deletes(request):
+            # collab lets every writer delete; in this app only the owner does.
+            raise Reject(collab.CloseCode.FORBIDDEN, "only the owner deletes a note")
         return Principal(
             user.login,
             user.name,
@@ -116,3 +121,9 @@ class AppHooks(collab.Hooks):
         )
         self.counts[doc] = count
         return count
+
+
+def _deletes(request: ConnectRequest) -> bool:
+    """An HTTP ``DELETE`` of a document (``ConnectRequest`` says "write", not which)."""
+    http = request.request
+    return request.transport == "http" and isinstance(http, web.Request) and http.method == "DELETE"
