@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pycrdt import Doc, Map, Text, create_update_message
+from pycrdt import Doc, Text, create_update_message
 
 from collab.client import Session
-from collab.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 EDIT_EVERY = 0.01
@@ -73,15 +72,54 @@ def free_port() -> int:
         return port
 
 
-async def prepare(path: Path, entries: int) -> int:
-    """A SQLite file holding the document "big" as one snapshot; its size in bytes."""
-    doc: Doc[Any] = Doc()
-    doc["big"] = Map({f"k{i}": i for i in range(entries)})
+_PREPARE = """
+import asyncio, sys
+from pycrdt import Doc, Map
+from collab.store import open_store
+
+async def main():
+    doc = Doc()
+    doc["big"] = Map({f"k{i}": i for i in range(int(sys.argv[2]))})
     update = doc.get_update()
-    async with SQLiteStore(path) as store:
+    async with open_store("sqlite:///" + sys.argv[1]) as store:
         store.append("big", update)
         await store.compact("big")
-    return len(update)
+    print(len(update))
+
+asyncio.run(main())
+"""
+
+_READ_LOG = """
+import asyncio, sys
+from pycrdt import Doc, Text
+from collab.store import open_store
+
+async def main():
+    async with open_store("sqlite:///" + sys.argv[1]) as store:
+        stored = await store.load("big")
+    doc = Doc()
+    doc.apply_update(stored)
+    print(str(doc.get("log", type=Text)))
+
+asyncio.run(main())
+"""
+
+
+async def python(src: Path, work: Path, script: str, *args: str) -> str:
+    """``script`` run with the collab of ``src``; its output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        cwd=work,  # not the checkout: its collab would come before PYTHONPATH's
+        env={**os.environ, "PYTHONPATH": str(src)},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"a helper process with {src} failed ({proc.returncode})")
+    return out.decode()
 
 
 class Latency:
@@ -197,11 +235,11 @@ async def trial(version: str, src: Path, db: Path, kill_after: float, work: Path
                     kill_at = compacting_from + kill_after
                 i += 1
                 await asyncio.sleep(EDIT_EVERY)
-            killed_at = time.time()
+            killed_at, killed_mono = time.time(), time.monotonic()
             server.send_signal(signal.SIGKILL)
             await server.wait()
             assert compacting_from is not None
-            busy = latency.worst(compacting_from, time.monotonic())
+            busy = latency.worst(compacting_from, killed_mono)
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
@@ -210,12 +248,8 @@ async def trial(version: str, src: Path, db: Path, kill_after: float, work: Path
         if server.returncode is None:
             server.kill()
             await server.wait()
-    async with SQLiteStore(copy) as store:
-        stored = await store.load("big")
-    assert stored is not None
-    check: Doc[Any] = Doc()
-    check.apply_update(stored)
-    kept = {int(n) for n in str(check.get("log", type=Text)).split(",") if n.isdigit()}
+    log_text = await python(src, work, _READ_LOG, str(copy))
+    kept = {int(n) for n in log_text.strip().split(",") if n.isdigit()}
     lost = set(sent) - kept
     result.sent = len(sent)
     result.lost = len(lost)
@@ -286,17 +320,22 @@ async def main() -> None:
     parser.add_argument("--entries", type=int, default=400_000, help="size of the big document")
     parser.add_argument("--kill-after", type=float, nargs="+", default=[0.4, 0.8, 1.2, 1.6])
     parser.add_argument("--before", metavar="COMMIT", help="also measure collab at this commit")
+    parser.add_argument("--at", metavar="COMMIT", help="measure this commit, not the checkout")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="collab-bench-compaction-") as tmp:
         work = Path(tmp)
         db = work / "prepared.db"
-        size = await prepare(db, args.entries)
         versions = [("this checkout", ROOT)]
+        if args.at:
+            src = work / "at"
+            await asyncio.to_thread(checkout, args.at, src)
+            versions = [(args.at, src)]
         if args.before:
             src = work / "before"
             await asyncio.to_thread(checkout, args.before, src)
             versions.insert(0, (f"before ({args.before})", src))
+        size = int(await python(versions[-1][1], work, _PREPARE, str(db), str(args.entries)))
         rows = []
         for version, src in versions:
             run = work / "run"
