@@ -100,7 +100,10 @@ async def event_loop_is_never_blocked() -> AsyncIterator[None]:
 # -- PostgreSQL: one database per test run ---------------------------------------------
 
 POSTGRES_URL = os.environ.get("COLLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-TABLES = "collab_snapshots, collab_updates, collab_schema"
+TABLES = (
+    "collab_snapshots, collab_updates, collab_schema, collab_events,"
+    " collab_webhook_cursors, collab_webhook_deliveries, collab_webhook_endpoints"
+)
 
 
 def _postgres_unavailable(reason: str) -> None:

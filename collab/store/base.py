@@ -11,6 +11,11 @@ compacted), and at the latest when ``flush`` returns.  ``load`` sees
 every update appended before it was called (also those not yet
 committed), merged into one update.  A commit that fails is retried with
 backoff; the updates stay queued in memory meanwhile, never dropped.
+
+Each log row keeps who made it (``author``: a principal id such as
+``"alice"`` or a server origin such as ``"server:assistant"``; None when
+unknown) and when it was appended.  The SQLite and PostgreSQL stores also
+write a change feed in the same transactions (``collab.store.events``).
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ class DocInfo:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One committed row of a document's log (what version history reads)."""
+
+    #: The store's sequence number: ids only grow (per store, across documents).
+    id: int
+    #: Who made it (a principal id or a server origin); None when unknown.
+    author: str | None
+    #: Unix time it was appended (its commit followed within the commit window,
+    #: or, while the database was unreachable, once it was back).
+    at: float
+    #: Bytes of the update.
+    size: int
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect / create files and schema; raise ``StoreError`` naming the cause."""
@@ -58,8 +78,8 @@ class Store(Protocol):
     async def compact(self, name: str) -> None:
         """Replace the document's log by one snapshot, atomically."""
 
-    async def delete(self, name: str) -> None:
-        """Forget the document and its log."""
+    async def delete(self, name: str, author: str | None = None) -> None:
+        """Forget the document and its log; ``author`` says who deleted it."""
 
     async def list(self) -> list[DocInfo]:
         """Every stored document."""

@@ -14,6 +14,10 @@ deletes exactly the rows it read, provided they are all still there and the
 snapshot is the one it read; otherwise nothing is written and it tries
 again later.  A crash at any point leaves the old snapshot and log, or the
 new snapshot and the rows committed meanwhile.
+
+Each commit also writes the change feed's events in its transaction (see
+``events.py``) and hands them to ``on_persisted`` once it is durable; the
+compaction task prunes old events now and then.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Self
 
-from .base import CorruptDocument, DocInfo, StoreError
+from ..webhooks import Delivery, StoredEvent
+from .base import CorruptDocument, DocInfo, LogEntry, StoreError
+from .events import PRUNE_INTERVAL, RETENTION
 from .merge import PROCESS_BYTES, Merger, build_update
 
 log = logging.getLogger("collab.store")
@@ -36,6 +42,7 @@ __all__ = [
     "COMMIT_WINDOW",
     "COMPACT_BYTES",
     "COMPACT_UPDATES",
+    "Committed",
     "GroupCommitStore",
     "LogRead",
     "Pending",
@@ -57,6 +64,16 @@ class Pending(NamedTuple):
     name: str
     update: bytes
     at: float
+    author: str | None = None
+
+
+class Committed(NamedTuple):
+    """What one commit transaction wrote, besides the rows."""
+
+    #: (log rows, log bytes) per document in it: the compaction trigger.
+    totals: dict[str, tuple[int, int]]
+    #: The events it wrote (``doc.created``, ``doc.persisted``), by id.
+    events: list[StoredEvent]
 
 
 class LogRead(NamedTuple):
@@ -129,6 +146,13 @@ class GroupCommitStore(abc.ABC):
         #: Called after every successful commit with (updates committed, seconds
         #: the transaction took): a hook for metrics.
         self.on_commit: Callable[[int, float], None] | None = None
+        #: Called on the event loop after every successful commit with the
+        #: events it wrote (``doc.created`` and ``doc.persisted``, by id): the
+        #: change feed of this process's commits.  Exceptions are logged.
+        self.on_persisted: Callable[[list[StoredEvent]], None] | None = None
+        #: Seconds events and finished webhook deliveries are kept.
+        self.event_retention = RETENTION
+        self._pruned_at = -math.inf
         self._seq = 0
         self._durable_seq = 0
         self._pending: list[Pending] = []
@@ -164,8 +188,8 @@ class GroupCommitStore(abc.ABC):
     async def _backend_close(self) -> None: ...
 
     @abc.abstractmethod
-    async def _backend_write(self, batch: Sequence[Pending]) -> dict[str, tuple[int, int]]:
-        """Insert ``batch`` in one transaction; return (log rows, log bytes) per name in it."""
+    async def _backend_write(self, batch: Sequence[Pending]) -> Committed:
+        """Insert ``batch`` and its events (``events.drafts``) in one transaction."""
 
     @abc.abstractmethod
     async def _backend_read(self, name: str) -> LogRead:
@@ -181,7 +205,56 @@ class GroupCommitStore(abc.ABC):
         """A compaction found the log empty or changed: forget cached log totals."""
 
     @abc.abstractmethod
-    async def _backend_delete(self, name: str) -> None: ...
+    async def _backend_delete(self, name: str, author: str | None) -> StoredEvent | None:
+        """Delete snapshot and log and, if there was any, write ``doc.deleted``; one transaction."""
+
+    @abc.abstractmethod
+    async def _backend_prune(self, before: float) -> int:
+        """Delete events and finished deliveries older than ``before``; how many."""
+
+    @abc.abstractmethod
+    async def _backend_entries(self, name: str) -> list[LogEntry]: ...
+
+    # -- the Outbox of collab.webhooks (each backend implements it) --------------------
+
+    @abc.abstractmethod
+    async def events_after(self, after: int, limit: int) -> list[StoredEvent]:
+        """Events with an id above ``after``, oldest first (at most ``limit``)."""
+
+    @abc.abstractmethod
+    async def webhook_cursor(self, endpoint: str) -> int:
+        """The last event id turned into deliveries for ``endpoint`` (0 at first)."""
+
+    @abc.abstractmethod
+    async def webhook_absorb(self, endpoint: str, cursor: int, upserts: Sequence[Delivery]) -> None:
+        """In one transaction: insert or replace ``upserts`` and move the cursor."""
+
+    @abc.abstractmethod
+    async def webhook_pending(self, endpoint: str) -> list[Delivery]:
+        """The endpoint's deliveries with status ``pending``, by ``next_at``."""
+
+    @abc.abstractmethod
+    async def webhook_update(self, delivery: Delivery) -> None:
+        """Record an attempt's outcome (replaces the row with the same id)."""
+
+    @abc.abstractmethod
+    async def webhook_deliveries(self, endpoint: str) -> list[Delivery]:
+        """Every delivery of ``endpoint`` kept (pending, delivered, failed), by id."""
+
+    @abc.abstractmethod
+    async def webhook_disabled(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` was disabled (it answered ``410 Gone``)."""
+
+    @abc.abstractmethod
+    async def webhook_disable(self, endpoint: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    async def webhook_enable(self, endpoint: str) -> bool:
+        """Undo ``webhook_disable``; whether it was disabled."""
+
+    @abc.abstractmethod
+    async def try_lead(self, key: str) -> bool:
+        """Whether this process dispatches for ``key`` (one process per cluster)."""
 
     @abc.abstractmethod
     async def _backend_stats(self, name: str | None) -> list[DocInfo]:
@@ -207,11 +280,12 @@ class GroupCommitStore(abc.ABC):
         await self.close()
 
     def append(self, name: str, update: bytes, author: str | None = None) -> None:
-        """Queue ``update``; the next group commit (within ``commit_window``) stores it."""
+        """Queue ``update``; the next group commit (within ``commit_window``) stores it
+        as one log row that keeps ``author``."""
         if self._closed or not self._opened:
             raise StoreError(f"store {self.where} is {'closed' if self._closed else 'not open'}")
         self._seq += 1
-        self._pending.append(Pending(self._seq, name, update, time.time()))
+        self._pending.append(Pending(self._seq, name, update, time.time(), author))
         self._wake.set()
 
     async def flush(self) -> None:
@@ -250,8 +324,12 @@ class GroupCommitStore(abc.ABC):
                 break
         self._corrupt.discard(name)
 
-    async def delete(self, name: str) -> None:
-        """Drop the queued updates, snapshot and log of ``name``."""
+    async def delete(self, name: str, author: str | None = None) -> None:
+        """Drop the queued updates, snapshot and log of ``name``.
+
+        If anything was stored, a ``doc.deleted`` event (naming ``author``) is
+        written in the same transaction.
+        """
         self._check_open()
         # The commit task works on a copy of _inflight, and rebuilds its
         # batch from _inflight before a retry: a failed commit cannot bring
@@ -260,8 +338,26 @@ class GroupCommitStore(abc.ABC):
         self._inflight = [e for e in self._inflight if e.name != name]
         async with self._io_lock:
             with self._driver_guard(f"deleting {name!r}"):
-                await self._backend_delete(name)
+                await self._backend_delete(name, author)
         self._corrupt.discard(name)
+
+    async def entries(self, name: str) -> list[LogEntry]:
+        """The committed log rows of ``name`` (not the snapshot), oldest first."""
+        self._check_open()
+        with self._driver_guard(f"reading the log of {name!r}"):
+            return await self._backend_entries(name)
+
+    async def prune(self, before: float | None = None) -> int:
+        """Delete events, and webhook deliveries no longer pending, from before
+        ``before`` (default: ``event_retention`` ago); how many rows went.
+
+        The compaction task calls this at most every ``PRUNE_INTERVAL``.
+        """
+        self._check_open()
+        if before is None:
+            before = time.time() - self.event_retention
+        with self._driver_guard("pruning events"):
+            return await self._backend_prune(before)
 
     async def list(self) -> list[DocInfo]:
         """Every stored document (queued updates included), sorted by name."""
@@ -386,7 +482,7 @@ class GroupCommitStore(abc.ABC):
             try:
                 async with self._io_lock:
                     started = loop.time()
-                    totals = await self._backend_write(batch)
+                    committed = await self._backend_write(batch)
                     took = loop.time() - started
                     self._inflight = []
                     self.commits += 1
@@ -416,10 +512,15 @@ class GroupCommitStore(abc.ABC):
                     self.on_commit(len(batch), took)
                 except Exception:
                     log.exception("on_commit hook of %s failed", self.where)
+            if self.on_persisted is not None and committed.events:
+                try:
+                    self.on_persisted(committed.events)
+                except Exception:
+                    log.exception("on_persisted hook of %s failed", self.where)
             # Compactions run in their own task: commits go on meanwhile, so an
             # update is durable within the commit window also while a big
             # document compacts.
-            for name, (rows, size) in totals.items():
+            for name, (rows, size) in committed.totals.items():
                 if rows > self.compact_updates or size > self.compact_bytes:
                     self._schedule_compaction(name)
 
@@ -433,6 +534,7 @@ class GroupCommitStore(abc.ABC):
             )
 
     async def _compact_queued(self) -> None:
+        await self._prune_now_and_then()
         while self._to_compact:
             name = next(iter(self._to_compact))
             try:
@@ -446,6 +548,21 @@ class GroupCommitStore(abc.ABC):
             finally:
                 # Queued while it ran, so that the commits meanwhile did not queue it again.
                 self._to_compact.pop(name, None)
+
+    async def _prune_now_and_then(self) -> None:
+        """Prune old events, at most every ``PRUNE_INTERVAL``: commits write events,
+        commits lead to compactions, so this runs as long as anything is written."""
+        now = time.monotonic()
+        if now - self._pruned_at < PRUNE_INTERVAL:
+            return
+        self._pruned_at = now
+        try:
+            pruned = await self.prune()
+        except Exception as exc:
+            log.warning("pruning old events in %s failed (retried later): %s", self.where, exc)
+            return
+        if pruned:
+            log.info("pruned %d old events and deliveries from %s", pruned, self.where)
 
     async def _compact_once(self, name: str) -> bool | None:
         """Read, merge, replace: True when compacted, None when there was no log,

@@ -54,7 +54,7 @@ class MemoryStore:
             entry.size = len(entry.doc.get_update())
             entry.updates = 1
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, author: str | None = None) -> None:
         self._docs.pop(name, None)
 
     async def list(self) -> list[DocInfo]:

@@ -24,10 +24,18 @@ only a power loss or kernel crash can roll back the last transactions,
 never corrupt the file.  Pass ``synchronous="FULL"`` to fsync every group
 commit as well.
 
-Layout (``PRAGMA user_version`` holds the schema version)::
+Layout (``PRAGMA user_version`` holds the schema version, 2; a version 1
+file gains the ``author`` column and the event tables when it is opened)::
 
     collab_snapshots(name PRIMARY KEY, snapshot BLOB, updated_at REAL)
-    collab_updates(id INTEGER PRIMARY KEY AUTOINCREMENT, name, data BLOB, created_at REAL)
+    collab_updates(id INTEGER PRIMARY KEY AUTOINCREMENT, name, data BLOB, created_at REAL,
+                   author TEXT)
+    collab_events(id INTEGER PRIMARY KEY AUTOINCREMENT, type, name, seq_from, seq_to,
+                  authors (JSON), updates, size, at REAL)
+    collab_webhook_cursors / collab_webhook_deliveries / collab_webhook_endpoints
+
+Each commit writes its events (``events.py``) in its own transaction; the
+single writer makes their ids grow in commit order.
 
 A document's state is its snapshot (if any) plus its log rows.  When the
 log of a document passes ``compact_updates`` rows or ``compact_bytes``
@@ -60,11 +68,23 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from .base import DocInfo, StoreError, StoreInUse
+from ..webhooks import Delivery, StoredEvent
+from .base import DocInfo, LogEntry, StoreError, StoreInUse
+from .events import (
+    DELIVERY_COLUMNS,
+    EVENT_COLUMNS,
+    EventDraft,
+    delivery_from_row,
+    delivery_row,
+    drafts,
+    encode_authors,
+    event_from_row,
+)
 from .group import (
     COMMIT_WINDOW,
     COMPACT_BYTES,
     COMPACT_UPDATES,
+    Committed,
     GroupCommitStore,
     LogRead,
     Pending,
@@ -75,9 +95,9 @@ log = logging.getLogger("collab.store")
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-
+# Every statement is idempotent: it creates a new file and completes an older one.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collab_snapshots (
     name TEXT PRIMARY KEY,
@@ -88,10 +108,60 @@ CREATE TABLE IF NOT EXISTS collab_updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
     data BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    author TEXT
 );
 CREATE INDEX IF NOT EXISTS collab_updates_by_name ON collab_updates (name, id);
+CREATE TABLE IF NOT EXISTS collab_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq_from INTEGER NOT NULL,
+    seq_to INTEGER NOT NULL,
+    authors TEXT NOT NULL,
+    updates INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS collab_events_by_at ON collab_events (at);
+CREATE TABLE IF NOT EXISTS collab_webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS collab_webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    type TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq_from INTEGER NOT NULL,
+    seq_to INTEGER NOT NULL,
+    authors TEXT NOT NULL,
+    updates INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    first_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    status TEXT NOT NULL,
+    last_error TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS collab_webhook_deliveries_by_status
+    ON collab_webhook_deliveries (endpoint, status, next_at);
+CREATE TABLE IF NOT EXISTS collab_webhook_endpoints (
+    endpoint TEXT PRIMARY KEY,
+    disabled_at REAL NOT NULL,
+    reason TEXT NOT NULL
+)
 """
+
+# Whether a document has anything stored (asked before a commit adds rows).
+_STORED = (
+    "SELECT EXISTS (SELECT 1 FROM collab_snapshots WHERE name = :name)"
+    " OR EXISTS (SELECT 1 FROM collab_updates WHERE name = :name)"
+)
+
+#: Rows one prune transaction deletes at most (commits go on between them).
+_PRUNE_CHUNK = 5000
 
 # Snapshot first, then the log in order; one statement, so one consistent read.
 # ``at`` is the snapshot's time: with the last id, what a compaction checks.
@@ -157,6 +227,7 @@ class SQLiteStore(GroupCommitStore):
         self._executor: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
+        self._lead_fd: int | None = None
         # Only ever touched in the writer's one thread:
         self._db: sqlite3.Connection | None = None
         self._log_totals: dict[str, list[int]] = {}
@@ -238,10 +309,14 @@ class SQLiteStore(GroupCommitStore):
                         f"{self.path} has schema version {version}, newer than this collab "
                         f"understands ({SCHEMA_VERSION}); upgrade collab"
                     )
-                if version < 1:
+                if version < SCHEMA_VERSION:
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             db.execute(statement)
+                    # Version 1 files: their log rows keep no author (None: unknown).
+                    columns = {row[1] for row in db.execute("PRAGMA table_info(collab_updates)")}
+                    if "author" not in columns:
+                        db.execute("ALTER TABLE collab_updates ADD COLUMN author TEXT")
                 # Always written, so that a read-only file fails here, at open.
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
@@ -281,17 +356,28 @@ class SQLiteStore(GroupCommitStore):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
+            if self._lead_fd is not None:
+                os.close(self._lead_fd)
+                self._lead_fd = None
 
-    async def _backend_write(self, batch: Sequence[Pending]) -> dict[str, tuple[int, int]]:
-        result: dict[str, tuple[int, int]] = await self._call(self._write_sync, batch)
+    async def _backend_write(self, batch: Sequence[Pending]) -> Committed:
+        result: Committed = await self._call(self._write_sync, batch)
         return result
 
-    def _write_sync(self, batch: Sequence[Pending]) -> dict[str, tuple[int, int]]:
+    def _write_sync(self, batch: Sequence[Pending]) -> Committed:
+        now = time.time()
         with self._transaction() as db:
+            names = dict.fromkeys(e.name for e in batch)
+            new = {n for n in names if not db.execute(_STORED, {"name": n}).fetchone()[0]}
             db.executemany(
-                "INSERT INTO collab_updates (name, data, created_at) VALUES (?, ?, ?)",
-                [(e.name, e.update, e.at) for e in batch],
+                "INSERT INTO collab_updates (name, data, created_at, author) VALUES (?, ?, ?, ?)",
+                [(e.name, e.update, e.at, e.author) for e in batch],
             )
+            # We are the only writer and hold the write lock: AUTOINCREMENT gave
+            # the batch consecutive ids, in order, ending at the last one.
+            (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+            ids = range(last - len(batch) + 1, last + 1)
+            events = self._insert_events(db, drafts(batch, ids, new, now))
         added: dict[str, list[int]] = {}
         for e in batch:
             rows_bytes = added.setdefault(e.name, [0, 0])
@@ -312,7 +398,24 @@ class SQLiteStore(GroupCommitStore):
                 totals[0] += rows
                 totals[1] += size
             result[name] = (totals[0], totals[1])
-        return result
+        return Committed(result, events)
+
+    # A separate step, so that a test can fail a commit after its rows went in.
+    def _insert_events(
+        self, db: sqlite3.Connection, events: Sequence[EventDraft]
+    ) -> list[StoredEvent]:
+        stored = []
+        for e in events:
+            cursor = db.execute(
+                "INSERT INTO collab_events"
+                " (type, name, seq_from, seq_to, authors, updates, size, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (e.type, e.doc, e.seq_from, e.seq_to, encode_authors(e.authors), e.updates)
+                + (e.size, e.at),
+            )
+            assert cursor.lastrowid is not None
+            stored.append(e.stored(cursor.lastrowid))
+        return stored
 
     async def _backend_read(self, name: str) -> LogRead:
         result: LogRead = await self._read(self._read_sync, name)
@@ -375,14 +478,223 @@ class SQLiteStore(GroupCommitStore):
         # this name with a smaller id appeared since they were read.
         db.execute("DELETE FROM collab_updates WHERE name = ? AND id <= ?", (name, max_id))
 
-    async def _backend_delete(self, name: str) -> None:
-        await self._call(self._delete_sync, name)
+    async def _backend_delete(self, name: str, author: str | None) -> StoredEvent | None:
+        event: StoredEvent | None = await self._call(self._delete_sync, name, author)
+        return event
 
-    def _delete_sync(self, name: str) -> None:
+    def _delete_sync(self, name: str, author: str | None) -> StoredEvent | None:
+        event = None
         with self._transaction() as db:
+            snapshot = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(snapshot)), 0) FROM collab_snapshots"
+                " WHERE name = ?",
+                (name,),
+            ).fetchone()
+            first, last, rows, size = db.execute(
+                "SELECT MIN(id), MAX(id), COUNT(*), COALESCE(SUM(LENGTH(data)), 0)"
+                " FROM collab_updates WHERE name = ?",
+                (name,),
+            ).fetchone()
             db.execute("DELETE FROM collab_snapshots WHERE name = ?", (name,))
             db.execute("DELETE FROM collab_updates WHERE name = ?", (name,))
+            if snapshot[0] or rows:
+                draft = EventDraft(
+                    "doc.deleted",
+                    name,
+                    first or 0,
+                    last or 0,
+                    () if author is None else (author,),
+                    rows,
+                    snapshot[1] + size,
+                    time.time(),
+                )
+                (event,) = self._insert_events(db, [draft])
         self._log_totals.pop(name, None)
+        return event
+
+    async def _backend_prune(self, before: float) -> int:
+        pruned = 0
+        while True:
+            counts: tuple[int, int] = await self._call(self._prune_sync, before)
+            events, deliveries = counts
+            pruned += events + deliveries
+            if events < _PRUNE_CHUNK and deliveries < _PRUNE_CHUNK:
+                return pruned
+
+    def _prune_sync(self, before: float) -> tuple[int, int]:
+        with self._transaction() as db:
+            events = db.execute(
+                "DELETE FROM collab_events WHERE id IN"
+                " (SELECT id FROM collab_events WHERE at < ? LIMIT ?)",
+                (before, _PRUNE_CHUNK),
+            ).rowcount
+            deliveries = db.execute(
+                "DELETE FROM collab_webhook_deliveries WHERE id IN"
+                " (SELECT id FROM collab_webhook_deliveries"
+                "  WHERE status != 'pending' AND first_at < ? LIMIT ?)",
+                (before, _PRUNE_CHUNK),
+            ).rowcount
+        return events, deliveries
+
+    async def _backend_entries(self, name: str) -> list[LogEntry]:
+        result: list[LogEntry] = await self._read(self._entries_sync, name)
+        return result
+
+    def _entries_sync(self, name: str) -> list[LogEntry]:
+        rows = self._reader_conn.execute(
+            "SELECT id, author, created_at, LENGTH(data) FROM collab_updates"
+            " WHERE name = ? ORDER BY id",
+            (name,),
+        ).fetchall()
+        return [LogEntry(int(i), author, float(at), int(size)) for i, author, at, size in rows]
+
+    @property
+    def _reader_conn(self) -> sqlite3.Connection:
+        if self._read_db is None:
+            raise StoreError(f"store {self.path} is not open")
+        return self._read_db
+
+    # -- the webhook outbox (collab.webhooks.Outbox) ------------------------------------
+
+    async def events_after(self, after: int, limit: int) -> list[StoredEvent]:
+        """Events with an id above ``after``, oldest first (at most ``limit``)."""
+        self._check_open()
+        with self._driver_guard("reading events"):
+            result: list[StoredEvent] = await self._read(self._events_after_sync, after, limit)
+        return result
+
+    def _events_after_sync(self, after: int, limit: int) -> list[StoredEvent]:
+        rows = self._reader_conn.execute(
+            f"SELECT {EVENT_COLUMNS} FROM collab_events WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    async def webhook_cursor(self, endpoint: str) -> int:
+        """The last event id turned into deliveries for ``endpoint`` (0 at first)."""
+        self._check_open()
+        with self._driver_guard("reading a webhook cursor"):
+            row = await self._read(
+                self._fetchone,
+                "SELECT cursor FROM collab_webhook_cursors WHERE endpoint = ?",
+                (endpoint,),
+            )
+        return 0 if row is None else int(row[0])
+
+    def _fetchone(self, sql: str, params: tuple[Any, ...]) -> Any:
+        return self._reader_conn.execute(sql, params).fetchone()
+
+    async def webhook_absorb(self, endpoint: str, cursor: int, upserts: Sequence[Delivery]) -> None:
+        """In one transaction: insert or replace ``upserts`` and move the cursor."""
+        self._check_open()
+        with self._driver_guard("recording webhook deliveries"):
+            await self._call(self._absorb_sync, endpoint, cursor, upserts)
+
+    def _absorb_sync(self, endpoint: str, cursor: int, upserts: Sequence[Delivery]) -> None:
+        with self._transaction() as db:
+            self._upsert_deliveries(db, upserts)
+            # Never backwards (a former leader finishing a round late).
+            db.execute(
+                "INSERT INTO collab_webhook_cursors (endpoint, cursor) VALUES (?, ?)"
+                " ON CONFLICT (endpoint) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
+                (endpoint, cursor),
+            )
+
+    def _upsert_deliveries(self, db: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
+        db.executemany(
+            f"INSERT OR REPLACE INTO collab_webhook_deliveries ({DELIVERY_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [delivery_row(d, encode_authors(d.authors)) for d in deliveries],
+        )
+
+    async def webhook_pending(self, endpoint: str) -> list[Delivery]:
+        """The endpoint's deliveries with status ``pending``, by ``next_at``."""
+        return await self._deliveries(
+            f"SELECT {DELIVERY_COLUMNS} FROM collab_webhook_deliveries"
+            " WHERE endpoint = ? AND status = 'pending' ORDER BY next_at, id",
+            endpoint,
+        )
+
+    async def webhook_deliveries(self, endpoint: str) -> list[Delivery]:
+        """Every delivery of ``endpoint`` kept (pending, delivered, failed), by first event."""
+        return await self._deliveries(
+            f"SELECT {DELIVERY_COLUMNS} FROM collab_webhook_deliveries"
+            " WHERE endpoint = ? ORDER BY first_at, id",
+            endpoint,
+        )
+
+    async def _deliveries(self, sql: str, endpoint: str) -> list[Delivery]:
+        self._check_open()
+        with self._driver_guard("reading webhook deliveries"):
+            rows: list[Any] = await self._read(self._fetchall, sql, (endpoint,))
+        return [delivery_from_row(row) for row in rows]
+
+    def _fetchall(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        return self._reader_conn.execute(sql, params).fetchall()
+
+    async def webhook_update(self, delivery: Delivery) -> None:
+        """Record an attempt's outcome (replaces the row with the same id)."""
+        self._check_open()
+        with self._driver_guard("recording a webhook attempt"):
+            await self._call(self._update_sync, delivery)
+
+    def _update_sync(self, delivery: Delivery) -> None:
+        with self._transaction() as db:
+            self._upsert_deliveries(db, [delivery])
+
+    async def webhook_disabled(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` was disabled (it answered ``410 Gone``)."""
+        self._check_open()
+        with self._driver_guard("reading webhook endpoints"):
+            row = await self._read(
+                self._fetchone,
+                "SELECT 1 FROM collab_webhook_endpoints WHERE endpoint = ?",
+                (endpoint,),
+            )
+        return row is not None
+
+    async def webhook_disable(self, endpoint: str, reason: str) -> None:
+        """Stop deliveries to ``endpoint`` until ``webhook_enable``."""
+        self._check_open()
+        with self._driver_guard("disabling a webhook endpoint"):
+            await self._call(self._write_one, _DISABLE, (endpoint, time.time(), reason))
+
+    async def webhook_enable(self, endpoint: str) -> bool:
+        """Deliver to ``endpoint`` again; whether it was disabled."""
+        self._check_open()
+        with self._driver_guard("enabling a webhook endpoint"):
+            changed: int = await self._call(
+                self._write_one,
+                "DELETE FROM collab_webhook_endpoints WHERE endpoint = ?",
+                (endpoint,),
+            )
+        return changed > 0
+
+    def _write_one(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._transaction() as db:
+            changed: int = db.execute(sql, params).rowcount
+        return changed
+
+    async def try_lead(self, key: str) -> bool:
+        """Whether this process dispatches webhooks.
+
+        A store opened with ``lock="exclusive"`` is alone on its file and
+        leads.  Otherwise (servers linked by Redis share a file) the one
+        holding an ``flock`` on ``PATH.lead`` does, for every key, until it
+        closes the store or dies.
+        """
+        self._check_open()
+        if self.lock == "exclusive" or self._lead_fd is not None:
+            return True
+        with self._driver_guard("taking the webhook lead"):
+            leads: bool = await self._call(self._lead_sync)
+        return leads
+
+    def _lead_sync(self) -> bool:
+        # In the writer thread: two dispatchers asking at once take one flock.
+        if self._lead_fd is None:
+            self._lead_fd = _try_flock(self.path + ".lead")
+        return self._lead_fd is not None
 
     async def _backend_stats(self, name: str | None) -> list[DocInfo]:
         result: list[DocInfo] = await self._call(self._stats_sync, name)
@@ -392,6 +704,31 @@ class SQLiteStore(GroupCommitStore):
         where = "" if name is None else "WHERE name = :name"
         rows = self._conn.execute(_STATS.format(where=where), {"name": name}).fetchall()
         return [DocInfo(n, int(size), int(count), float(t)) for n, size, count, t in rows]
+
+
+_DISABLE = (
+    "INSERT INTO collab_webhook_endpoints (endpoint, disabled_at, reason) VALUES (?, ?, ?)"
+    " ON CONFLICT (endpoint) DO UPDATE"
+    " SET disabled_at = excluded.disabled_at, reason = excluded.reason"
+)
+
+
+def _try_flock(path: str) -> int | None:
+    """An exclusive ``flock`` on ``path`` without waiting: the descriptor, or None if taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no election, every process leads
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def lock_file(path: str, *, exclusive: bool) -> int | None:
