@@ -14,20 +14,22 @@ locally, and the broker hands it what other processes published.
   peers answer with what it lacks; after an outage it also offers all it has.
 * Before a room unloads, what this process holds but the store lacks is
   stored: a peer that died inside its commit window loses nothing.
+* A deletion is announced: the other processes close their connections
+  with 4404 and drop their copy without storing it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc
 
 from .origins import PEER
 from .protocol import ProtocolError
-from .pubsub import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
+from .pubsub import AWARENESS, DELETED, STATE_VECTOR, UPDATE, Broker, Message
 from .store import Store
 
 if TYPE_CHECKING:
@@ -39,10 +41,19 @@ log = logging.getLogger("collab.replication")
 class Replicator:
     """Connects this process's rooms to the other processes through ``broker``."""
 
-    def __init__(self, broker: Broker, store: Store, rooms: Callable[[str], Room | None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        store: Store,
+        rooms: Callable[[str], Room | None],
+        forget: Callable[[str], Coroutine[Any, Any, None]],
+    ) -> None:
         self.broker = broker
         self._store = store
         self._room = rooms
+        #: Drops a document another process deleted (the room manager's).
+        self._forget = forget
+        self._forgetting: set[asyncio.Task[None]] = set()
         #: Messages from peers that arrived while their document was loading.
         self._early: dict[str, list[Message]] = {}
 
@@ -71,6 +82,11 @@ class Replicator:
 
     def unloaded(self, name: str) -> None:
         self.broker.unsubscribe(name)
+
+    def deleted(self, name: str) -> None:
+        """This process deleted the document: the others must drop their copies, or
+        their next unload would store them again under a deleted name."""
+        self.broker.publish(name, DELETED, b"")
 
     async def reconcile(self, room: Room) -> None:
         """Store what this process holds but the store lacks (see the module docstring)."""
@@ -121,6 +137,10 @@ class Replicator:
                 room.apply_update(message.data, PEER)
             elif message.kind == AWARENESS:
                 room.apply_remote_presence(message.data)
+            elif message.kind == DELETED:
+                task = asyncio.get_running_loop().create_task(self._forget(room.name))
+                self._forgetting.add(task)
+                task.add_done_callback(self._forgetting.discard)
             elif message.kind == STATE_VECTOR:
                 # Answer with what the asker lacks (deletions included).
                 self.broker.publish(room.name, UPDATE, room.doc.get_update(message.data))

@@ -74,7 +74,9 @@ class RoomManager:
         self.metrics = metrics
         self.rooms: dict[str, Room] = {}
         #: Keeps other processes in step (None: this process is alone).
-        self.replicator = Replicator(broker, store, self.rooms.get) if broker is not None else None
+        self.replicator = (
+            Replicator(broker, store, self.rooms.get, self.forget) if broker is not None else None
+        )
         observers: list[RoomObserver] = []
         if self.replicator is not None:
             observers.append(self.replicator)
@@ -259,16 +261,28 @@ class RoomManager:
         if loading is not None:
             with contextlib.suppress(Exception):
                 await loading
-        room = self.rooms.pop(name, None)
+        room = self.rooms.get(name)
         existed = room is not None or await self.store.info(name) is not None
-        if room is not None:
-            conns = list(room.connections)
-            for conn in conns:
-                conn.close(CloseCode.NOT_FOUND, "document deleted")
-            await room.close(flush=False)
+        await self.forget(name)
+        if self.replicator is not None:
+            self.replicator.deleted(name)
         await self.store.delete(name)
         log.info("deleted document %r", name)
         return existed
+
+    async def forget(self, name: str) -> None:
+        """Close the document's connections with 4404 and drop its room unsaved."""
+        timer = self._unload_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return
+        for conn in list(room.connections):
+            conn.close(CloseCode.NOT_FOUND, "document deleted")
+        await room.close(flush=False)
+        if self.replicator is not None:
+            self.replicator.unloaded(name)
 
     async def close(self, code: CloseCode = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every connection with ``code``, then flush and drop every room."""

@@ -29,7 +29,7 @@ from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection
 from .document import DocumentHandle
-from .hooks import HookRunner, Hooks, Principal
+from .hooks import HookRunner, Hooks, Persisted, Principal
 from .keys import (
     BROKER,
     LOOP_CONTEXT,
@@ -45,7 +45,7 @@ from .pubsub import Broker, open_broker
 from .room import RoomLimits
 from .rooms import RoomManager
 from .store import Store, open_store
-from .webhooks import Outbox, Webhook
+from .webhooks import Outbox, StoredEvent, Webhook
 
 log = logging.getLogger("collab.server")
 
@@ -183,11 +183,10 @@ class Server:
             if broker is None and settings.redis_url:
                 broker = open_broker(settings.redis_url, prefix=settings.redis_prefix)
                 scheme = urlsplit(settings.store).scheme
-                if scheme in ("memory", "sqlite"):
+                if scheme == "memory":
                     log.warning(
-                        "--redis-url with a %s store: each process keeps its own copy; "
-                        "use postgresql:// so the processes share one",
-                        scheme,
+                        "--redis-url with a memory store: each process keeps its own copy; "
+                        "use postgresql:// (or one sqlite:// file) so the processes share one"
                     )
             self._broker = broker
             app[BROKER] = BrokerSlot(broker)
@@ -212,6 +211,7 @@ class Server:
             if manager.replicator is not None:
                 await manager.replicator.start()
             _register_gauges(self.metrics, store, manager, broker)
+            _report_persisted(store, self.hooks)
             _warn_about_auth(settings, self.hooks)
             yield
         finally:
@@ -334,6 +334,29 @@ def _outbox_of(store: Store) -> Outbox:
     if not isinstance(store, Outbox):
         raise ValueError(f"webhooks need a SQLite or PostgreSQL store, not {type(store).__name__}")
     return store
+
+
+def _report_persisted(store: Store, hooks: HookRunner) -> None:
+    """Turn the store's committed events into ``on_persisted`` hook events (and wake webhooks)."""
+    if not hooks.wants("on_persisted") or getattr(store, "on_persisted", "absent") is not None:
+        return
+
+    def persisted(events: list[StoredEvent]) -> None:
+        for event in events:
+            if event.type == "doc.persisted":
+                hooks.emit(
+                    "on_persisted",
+                    Persisted(
+                        event.doc,
+                        event.seq_from,
+                        event.seq_to,
+                        event.authors,
+                        event.updates,
+                        event.size,
+                    ),
+                )
+
+    store.on_persisted = persisted  # type: ignore[attr-defined]
 
 
 def _register_gauges(

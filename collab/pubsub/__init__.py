@@ -6,9 +6,9 @@ import os
 import socket
 import uuid
 
-from .base import AWARENESS, STATE_VECTOR, UPDATE, Broker, Message
+from .base import AWARENESS, DELETED, STATE_VECTOR, UPDATE, Broker, Message
 
-__all__ = ["AWARENESS", "STATE_VECTOR", "UPDATE", "Broker", "Message", "open_broker"]
+__all__ = ["AWARENESS", "DELETED", "STATE_VECTOR", "UPDATE", "Broker", "Message", "open_broker"]
 
 
 def open_broker(url: str, *, prefix: str = "collab") -> Broker:

@@ -12,6 +12,8 @@ UPDATE = "update"
 AWARENESS = "awareness"
 #: A state vector: every peer answers with an update holding what it lacks.
 STATE_VECTOR = "sv"
+#: The document was deleted: every peer closes its connections and forgets it.
+DELETED = "deleted"
 
 
 @dataclass(frozen=True, slots=True)
