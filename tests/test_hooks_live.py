@@ -18,6 +18,7 @@ from collab.hooks import (
     ConnectRequest,
     Hooks,
     IncomingUpdate,
+    Persisted,
     Principal,
     Reject,
     Unload,
@@ -266,3 +267,30 @@ def test_hooks_named_in_settings_are_loaded_in_order() -> None:
         Server(Settings(hook=("tests.no_such_module:Counting",)))
     with pytest.raises(ValueError, match="is not a collab.Hooks"):
         Server(Settings(hook=("tests.test_hooks_live:SECRET",)))
+
+
+async def test_on_persisted_reports_committed_updates_with_sequence_numbers(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    class Feed(Hooks):
+        def __init__(self) -> None:
+            self.events: list[Persisted] = []
+
+        async def on_persisted(self, event: Persisted) -> None:
+            self.events.append(event)
+
+    feed = Feed()
+    token = issue_token(SECRET, "ledger", "write", 60, sub="grace")
+    async with InProcessServer(
+        store=f"sqlite:///{tmp_path / 'collab.db'}", auth_secret=SECRET, hooks=[feed]
+    ) as server:
+        grace = await make_client("ledger", url=server.ws_url, token=token)
+        grace.text().insert(0, "first")
+        await eventually(lambda: bool(feed.events))
+        grace.text().insert(5, " second")
+        await eventually(lambda: sum(e.updates for e in feed.events) >= 2)
+    first, last = feed.events[0], feed.events[-1]
+    assert first.doc == "ledger" and first.authors == ("grace",)
+    # The second edit was typed after the first was committed: a later commit, later rows.
+    assert len(feed.events) >= 2
+    assert first.seq_from <= first.seq_to < last.seq_from <= last.seq_to
