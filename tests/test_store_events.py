@@ -178,20 +178,17 @@ async def test_an_event_is_written_if_and_only_if_its_updates_are(
     store.on_persisted = seen.append
     insert_events = store._insert_events
 
-    if durable.kind == "sqlite":
+    def fail_in_sqlite(db: Any, events: Any) -> Any:
+        insert_events(db, events)
+        raise sqlite3.OperationalError("disk I/O error (simulated, before COMMIT)")
 
-        def fail_after_the_events(db: Any, events: Any) -> Any:
-            insert_events(db, events)
-            raise sqlite3.OperationalError("disk I/O error (simulated, before COMMIT)")
+    async def fail_in_postgres(conn: Any, events: Any) -> Any:
+        await insert_events(conn, events)
+        # The server ends the session before COMMIT (a restart, a network cut).
+        await terminate(durable.url, conn.info.backend_pid)
 
-    else:
-
-        async def fail_after_the_events(conn: Any, events: Any) -> Any:
-            await insert_events(conn, events)
-            # The server ends the session before COMMIT (a restart, a network cut).
-            await terminate(durable.url, conn.info.backend_pid)
-
-    monkeypatch.setattr(store, "_insert_events", fail_after_the_events)
+    failing = fail_in_sqlite if durable.kind == "sqlite" else fail_in_postgres
+    monkeypatch.setattr(store, "_insert_events", failing)
     editor = typed(store, "doc", ["lost? ", "no: "])
     await eventually(lambda: not store.healthy)
     assert await all_events(store) == []
