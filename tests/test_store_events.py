@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from collab.store import StoreError, open_store
+from collab.store import MemoryStore, StoreError, open_store
 from collab.store.group import GroupCommitStore
 from collab.store.sqlite import SQLiteStore
 from collab.webhooks import Delivery, Outbox, StoredEvent
@@ -578,3 +578,27 @@ async def test_store_events_log_nothing_alarming_in_normal_use(
     await store.delete("doc")
     await store.try_lead("webhook:a")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_the_memory_store_reports_each_turns_appends_to_on_persisted() -> None:
+    """No outbox in memory, but the change feed of hooks works the same."""
+    store = MemoryStore()
+    seen: list[list[StoredEvent]] = []
+    store.on_persisted = seen.append
+    editor = Editor()
+    store.append("doc", editor.type("a"))
+    store.append("doc", editor.type("b"), "alice")
+    store.append("other", Editor().type("x"), "bob")
+    await asyncio.sleep(0)  # the end of this turn
+    store.append("doc", editor.type("c"), "carol")
+    await asyncio.sleep(0)
+    assert [kinds(events) for events in seen] == [
+        [("doc.created", "doc"), ("doc.persisted", "doc")]
+        + [("doc.created", "other"), ("doc.persisted", "other")],
+        [("doc.persisted", "doc")],
+    ]
+    first, second = seen[0][1], seen[1][0]
+    assert (first.seq_from, first.seq_to, first.authors, first.updates) == (1, 2, ("alice",), 2)
+    assert seen[0][0].authors == (), "its first update's author is unknown"
+    assert (second.seq_from, second.seq_to, second.authors) == (4, 4, ("carol",))
+    assert [e.id for events in seen for e in events] == [1, 2, 3, 4, 5]
