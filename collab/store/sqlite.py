@@ -404,18 +404,14 @@ class SQLiteStore(GroupCommitStore):
     def _insert_events(
         self, db: sqlite3.Connection, events: Sequence[EventDraft]
     ) -> list[StoredEvent]:
-        stored = []
-        for e in events:
-            cursor = db.execute(
-                "INSERT INTO collab_events"
-                " (type, name, seq_from, seq_to, authors, updates, size, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (e.type, e.doc, e.seq_from, e.seq_to, encode_authors(e.authors), e.updates)
-                + (e.size, e.at),
-            )
-            assert cursor.lastrowid is not None
-            stored.append(e.stored(cursor.lastrowid))
-        return stored
+        db.executemany(
+            "INSERT INTO collab_events (type, name, seq_from, seq_to, authors, updates, size, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*e[:4], encode_authors(e.authors), *e[5:]) for e in events],
+        )
+        # Consecutive ids, as for the log rows (see _write_sync).
+        (last,) = db.execute("SELECT last_insert_rowid()").fetchone()
+        return [e.stored(last - len(events) + 1 + i) for i, e in enumerate(events)]
 
     async def _backend_read(self, name: str) -> LogRead:
         result: LogRead = await self._read(self._read_sync, name)
