@@ -85,10 +85,21 @@ def setup_frontend(app: web.Application, dist: Path | None = None) -> None:
             raise web.HTTPNotFound()
         return web.FileResponse(path, headers={"Cache-Control": ASSET_CACHE})
 
+    async def not_found(request: web.Request) -> web.StreamResponse:
+        if not (root / "404.html").is_file():
+            raise web.HTTPNotFound()
+        response = await page(request, "404.html")
+        if response.status == 200:
+            response.set_status(404)
+        return response
+
     home = app.router.add_get("/", index)
     # [\s\S]: "." would not match a newline (%0A) in a document name.
     app.router.add_get(r"/d/{doc:[\s\S]+}", editor)
     app.router.add_get(r"/assets/{path:[\s\S]+}", asset)
+    # Last: any other page path a person may type or follow gets the styled 404;
+    # machine routes keep their own (JSON) not-found answers.
+    app.router.add_get(r"/{tail:(?!(?:api|ws|assets)(?:/|$))[\s\S]+}", not_found)
 
 
 _HEAD = re.compile(r"<head\b[^>]*>", re.IGNORECASE)

@@ -175,3 +175,23 @@ async def test_pages_name_where_collab_is_mounted_in_their_base_href(
                 assert response.status == 200
         finally:
             await runner.cleanup()
+
+
+async def test_an_unknown_page_gets_the_styled_404_and_api_paths_stay_json(
+    dist: Path, http: aiohttp.ClientSession
+) -> None:
+    (dist / "404.html").write_text("<!doctype html><head><title>Not found</title></head>")
+    app = web.Application()
+    setup_frontend(app, dist)
+    runner, url = await serve(app)
+    try:
+        page = await http.get(f"{url}/no/such/page")
+        assert page.status == 404
+        assert "<title>Not found</title>" in await page.text()
+        assert "<base href=" in await page.text()
+        for path in ("/api/nope", "/ws", "/assets/nope.js"):
+            plain = await http.get(f"{url}{path}")
+            assert plain.status == 404
+            assert "Not found</title>" not in await plain.text()
+    finally:
+        await runner.cleanup()
