@@ -239,7 +239,7 @@ class GroupCommitStore(abc.ABC):
 
     @abc.abstractmethod
     async def webhook_deliveries(self, endpoint: str) -> list[Delivery]:
-        """Every delivery of ``endpoint`` kept (pending, delivered, failed), by id."""
+        """Every delivery of ``endpoint`` kept (pending, delivered, failed), by ``first_at``."""
 
     @abc.abstractmethod
     async def webhook_disabled(self, endpoint: str) -> bool:

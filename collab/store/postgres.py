@@ -11,7 +11,8 @@ for that.  While PostgreSQL is unreachable, commits are retried with
 exponential backoff, the updates stay in memory and ``healthy`` is False;
 they are written once the database answers again.  (A commit whose
 acknowledgement was lost may be written twice: harmless, applying a Yjs
-update twice changes nothing.)
+update twice changes nothing; its events are then written twice as well,
+which at-least-once webhook receivers handle anyway.)
 
 Compaction reads snapshot and log without a transaction held open,
 merges them (a worker process for big documents) while commits go on, then
