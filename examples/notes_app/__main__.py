@@ -27,15 +27,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seed", action="store_true", help="create the demo users ada and bob and two notes"
     )
-    hooks = parser.add_mutually_exclusive_group()
-    hooks.add_argument(
-        "--webhooks",
+    parser.add_argument(
+        "--no-webhooks",
         dest="webhooks",
-        action="store_true",
-        default=None,
-        help="deliver collab's webhooks to this app (default: when the store supports them)",
+        action="store_false",
+        help="do not deliver collab's webhooks to this app's receiver",
     )
-    hooks.add_argument("--no-webhooks", dest="webhooks", action="store_false")
     parser.add_argument(
         "--secure-cookies", action="store_true", help="mark the session cookie Secure (https)"
     )

@@ -32,8 +32,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 import collab
-from collab.server import store_from_settings
-from collab.webhooks import Outbox, WebhookVerificationError, verify
+from collab.webhooks import WebhookVerificationError, verify
 
 from . import sessions
 from .assistant import append_summary
@@ -59,9 +58,8 @@ class Config:
     port: int = 8090
     #: Create the demo users and notes (idempotent).
     seed: bool = False
-    #: Register the app's own receiver with ``collab.Webhook``: True, False, or
-    #: None for "when the store keeps a webhook outbox".
-    webhooks: bool | None = None
+    #: Register the app's own receiver with ``collab.Webhook``.
+    webhooks: bool = True
     #: Seconds collab gathers a document's edits into one ``doc.persisted`` delivery.
     webhook_debounce: float = 2.0
     #: Mark the session cookie ``Secure`` (the app is served over https).
@@ -103,13 +101,9 @@ def create_app(config: Config) -> web.Application:
         host=config.host,
         allowed_host=config.allowed_hosts,
     )
-    # The store, made here to ask whether it keeps a webhook outbox (collab opens it).
-    store = store_from_settings(settings, alone=True)
     stack: list[collab.Hooks] = [hooks]
     webhook = None
-    if config.webhooks is None and not isinstance(store, Outbox):
-        log.warning("webhooks off: this collab's %s has no webhook outbox", type(store).__name__)
-    elif config.webhooks is not False:
+    if config.webhooks:
         # The app receives its own webhooks: collab delivers from its durable outbox.
         webhook = collab.Webhook(
             f"http://{config.host}:{config.port}{WEBHOOK_PATH}",
@@ -117,7 +111,7 @@ def create_app(config: Config) -> web.Application:
             debounce=config.webhook_debounce,
         )
         stack.append(webhook)
-    server = collab.Server(settings, hooks=stack, store=store)
+    server = collab.Server(settings, hooks=stack)
     hooks.bind(server)
 
     app = web.Application(middlewares=[same_origin_writes])
