@@ -44,7 +44,7 @@ class StoreTarget:
 
     async def import_update(self, name: str, update: bytes) -> None:
         check_update(update)
-        self.store.append(name, update)
+        self.store.append(name, update, "server:import")
         await self.store.flush()
 
     async def compact(self, name: str) -> None:

@@ -481,9 +481,9 @@ async def get_document(request: web.Request) -> web.Response:
 @routes.delete(DOC)
 async def delete_document(request: web.Request) -> web.Response:
     name = document_name(request)
-    await require(request, name, write=True)
+    principal = await require(request, name, write=True)
     with _store_errors(name):
-        existed = await request.app[MANAGER].delete(name)
+        existed = await request.app[MANAGER].delete(name, author=principal.id)
     if not existed:
         raise _not_found(name)
     request.app[API].lengths.pop(name, None)

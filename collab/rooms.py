@@ -249,7 +249,7 @@ class RoomManager:
         if room.idle:
             self._schedule_unload(room)
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, author: str | None = None) -> bool:
         """Close the document's connections with 4404 and forget it everywhere.
 
         Returns whether there was anything to delete.
@@ -266,8 +266,8 @@ class RoomManager:
         await self.forget(name)
         if self.replicator is not None:
             self.replicator.deleted(name)
-        await self.store.delete(name)
-        log.info("deleted document %r", name)
+        await self.store.delete(name, author)
+        log.info("deleted document %r", name, extra={"doc": name, "user": author})
         return existed
 
     async def forget(self, name: str) -> None:
