@@ -8,7 +8,8 @@ loop (``loop.py``) and ``Connection`` know nothing else about them.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, Protocol
+from collections.abc import Awaitable
+from typing import Any, NamedTuple, Protocol
 
 
 class Kind(enum.Enum):
@@ -18,8 +19,10 @@ class Kind(enum.Enum):
     BINARY = enum.auto()
     #: A text frame (not part of the Yjs protocol).
     TEXT = enum.auto()
-    #: A sign of life without content (a ping or pong, already answered).
+    #: A sign of life without content (a pong).
     ALIVE = enum.auto()
+    #: A ping: answer it with ``Channel.pong(data)``.
+    PING = enum.auto()
     #: The peer closed, or the socket is gone.
     CLOSED = enum.auto()
     #: The transport failed (and has closed the socket with ``code``).
@@ -35,11 +38,23 @@ class Received(NamedTuple):
 
 
 class Channel(Protocol):
-    """Send and receive frames of one client; ``receive`` is called by one task only."""
+    """Send and receive frames of one client; ``receive`` is called by one task only.
+
+    Receiving is split in two so that an idle connection waits in the
+    transport's own coroutine, not in one more of ours (ten thousand idle
+    connections: every suspended frame counts): ``receive()`` returns the
+    transport's awaitable as it is, and ``classify`` says what came.
+    """
 
     async def send(self, frame: bytes) -> None: ...
 
-    async def receive(self) -> Received: ...
+    def receive(self) -> Awaitable[Any]:
+        """The transport's next message, as the transport has it."""
+
+    def classify(self, raw: Any) -> Received:
+        """What ``raw`` (a result of ``receive``) is."""
+
+    async def pong(self, data: bytes) -> None: ...
 
     async def ping(self) -> None: ...
 

@@ -57,16 +57,71 @@ class Context:
 
 
 async def serve(conn: Connection, channel: Channel, ctx: Context, transport: Transport) -> None:
-    """Serve ``conn`` until it closes; never raises for anything the client did."""
-    manager = ctx.manager
+    """Serve ``conn`` until it closes; never raises for anything the client did.
+
+    One coroutine from admission to the close line (no helper coroutine for
+    the receive loop): an idle connection is suspended here and in the
+    transport's receive, nowhere else.
+    """
+    manager, metrics, hooks = ctx.manager, ctx.metrics, ctx.hooks
     manager.connection_count += 1
     room: Room | None = None
     try:
         room = await _admit(conn, ctx)
-        if room is not None:
-            if ctx.hooks.wants("on_connect"):
-                ctx.hooks.emit("on_connect", _event(conn, transport))
-            await _pump(conn, channel, room, ctx)
+        if room is None:
+            return
+        if hooks.wants("on_connect"):
+            hooks.emit("on_connect", _event(conn, transport))
+        gate_updates = hooks.wants("before_update")
+        gate_awareness = hooks.wants("before_awareness")
+        handled = 0
+        while not conn.closed:
+            received = channel.classify(await channel.receive())
+            handled += 1
+            if handled % YIELD_EVERY == 0:
+                # Frames already buffered never suspend receive(): without this,
+                # a burst runs to its end before other connections are read and
+                # before the room's per-turn flush sends anything.
+                await asyncio.sleep(0)
+            kind = received.kind
+            if kind is Kind.BINARY:
+                frame = received.data
+                if not conn.received(len(frame)):
+                    metrics.refused("rate_limited")
+                    conn.close(CloseCode.RATE_LIMITED, "sending too fast")
+                    return
+                try:
+                    message = room.decode(frame)
+                    if gate_updates or gate_awareness:
+                        if not await _gate(conn, room, message, ctx, gate_updates, gate_awareness):
+                            continue
+                        if conn.closed or conn not in room.connections:
+                            return
+                    room.handle(conn, frame, message)
+                except ProtocolError as exc:
+                    metrics.refused(exc.code.name.lower())
+                    conn.close(exc.code, exc.reason)
+                    return
+            elif kind is Kind.PING:
+                conn.alive()
+                await channel.pong(received.data)
+            elif kind is Kind.ALIVE:
+                conn.alive()
+            elif kind is Kind.TEXT:
+                metrics.refused("text_frame")
+                conn.close(
+                    CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
+                )
+                return
+            elif kind is Kind.ERROR:
+                # The transport has already closed (1009 for an oversized frame).
+                conn.close(
+                    received.code or CloseCode.PROTOCOL_ERROR, received.reason, abnormal=True
+                )
+                return
+            else:
+                conn.mark_closed(received.code)
+                return
     finally:
         if room is not None:
             room.leave(conn)
@@ -75,57 +130,10 @@ async def serve(conn: Connection, channel: Channel, ctx: Context, transport: Tra
         with contextlib.suppress(Exception):
             await conn.wait_closed()
         manager.connection_count -= 1
-        ctx.metrics.closed(conn.close_code)
-        if room is not None and ctx.hooks.wants("on_disconnect"):
-            ctx.hooks.emit("on_disconnect", _event(conn, transport))
+        metrics.closed(conn.close_code)
+        if room is not None and hooks.wants("on_disconnect"):
+            hooks.emit("on_disconnect", _event(conn, transport))
         _log_close(conn)
-
-
-async def _pump(conn: Connection, channel: Channel, room: Room, ctx: Context) -> None:
-    metrics = ctx.metrics
-    gate_updates = ctx.hooks.wants("before_update")
-    gate_awareness = ctx.hooks.wants("before_awareness")
-    handled = 0
-    while not conn.closed:
-        received = await channel.receive()
-        handled += 1
-        if handled % YIELD_EVERY == 0:
-            # Frames already buffered never suspend receive(): without this,
-            # a burst runs to its end before other connections are read and
-            # before the room's per-turn flush sends anything.
-            await asyncio.sleep(0)
-        kind = received.kind
-        if kind is Kind.BINARY:
-            frame = received.data
-            if not conn.received(len(frame)):
-                metrics.refused("rate_limited")
-                conn.close(CloseCode.RATE_LIMITED, "sending too fast")
-                return
-            try:
-                message = room.decode(frame)
-                if gate_updates or gate_awareness:
-                    if not await _gate(conn, room, message, ctx, gate_updates, gate_awareness):
-                        continue
-                    if conn.closed or conn not in room.connections:
-                        return
-                room.handle(conn, frame, message)
-            except ProtocolError as exc:
-                metrics.refused(exc.code.name.lower())
-                conn.close(exc.code, exc.reason)
-                return
-        elif kind is Kind.ALIVE:
-            conn.alive()
-        elif kind is Kind.TEXT:
-            metrics.refused("text_frame")
-            conn.close(CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol")
-            return
-        elif kind is Kind.ERROR:
-            # The transport has already closed (1009 for an oversized frame).
-            conn.close(received.code or CloseCode.PROTOCOL_ERROR, received.reason, abnormal=True)
-            return
-        else:
-            conn.mark_closed(received.code)
-            return
 
 
 async def _gate(

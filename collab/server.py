@@ -130,36 +130,43 @@ class Server:
 
     # -- live permissions -------------------------------------------------------
 
-    def connections(self, user: str | None = None) -> list[Connection]:
-        """Open connections, all or those of the principal with id ``user``."""
-        conns = [c for room in self.manager.rooms.values() for c in room.connections]
+    def connections(self, user: str | None = None, *, doc: str | None = None) -> list[Connection]:
+        """Open connections of this process: all, or those of principal ``user``, on ``doc``."""
+        rooms = self.manager.rooms
+        if doc is not None:
+            room = rooms.get(doc)
+            conns = list(room.connections) if room is not None else []
+        else:
+            conns = [c for room in rooms.values() for c in room.connections]
         return conns if user is None else [c for c in conns if c.principal.id == user]
 
-    def set_read_only(self, user: str, read_only: bool = True) -> int:
-        """Switch ``user``'s open connections to read-only (or back); how many changed.
+    def set_read_only(self, user: str, read_only: bool = True, *, doc: str | None = None) -> int:
+        """Switch ``user``'s open connections (on ``doc``, or all) to read-only or back.
 
         A read-only connection keeps its socket and presence; its updates are
-        answered with "permission denied".
+        answered with "permission denied".  Returns how many changed.  With
+        several processes, call it on each (it sees this process's sockets).
         """
         changed = 0
-        for conn in self.connections(user):
+        for conn in self.connections(user, doc=doc):
             if conn.can_write == read_only:
                 conn.can_write = not read_only
                 changed += 1
         if changed:
-            log.info(
-                "user %r: %d connections now %s",
-                user,
-                changed,
-                "read-only" if read_only else "writable",
-            )
+            mode = "read-only" if read_only else "writable"
+            log.info("user %r: %d connections now %s", user, changed, mode)
         return changed
 
     def disconnect(
-        self, user: str, code: int = CloseCode.FORBIDDEN, reason: str = "access revoked"
+        self,
+        user: str,
+        code: int = CloseCode.FORBIDDEN,
+        reason: str = "access revoked",
+        *,
+        doc: str | None = None,
     ) -> int:
-        """Close ``user``'s open connections with ``code``; how many were closed."""
-        conns = self.connections(user)
+        """Close ``user``'s open connections (on ``doc``, or all) with ``code``; how many."""
+        conns = self.connections(user, doc=doc)
         for conn in conns:
             conn.close(code, reason)
         return len(conns)

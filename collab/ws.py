@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from .auth import AuthError, authenticate, json_error, request_of
 from .channel import Kind, Received
@@ -32,24 +33,28 @@ class WebSocketChannel:
     async def send(self, frame: bytes) -> None:
         await self._ws.send_bytes(frame)
 
-    async def receive(self) -> Received:
-        ws = self._ws
-        msg = await ws.receive()
-        kind = msg.type
+    def receive(self) -> Awaitable[WSMessage]:
+        return self._ws.receive()
+
+    def classify(self, raw: WSMessage) -> Received:
+        kind = raw.type
         if kind is WSMsgType.BINARY:
-            return Received(Kind.BINARY, msg.data)
+            return Received(Kind.BINARY, raw.data)
         if kind is WSMsgType.PING:
-            await ws.pong(msg.data)
-            return _ALIVE
+            return Received(Kind.PING, raw.data)
         if kind is WSMsgType.PONG:
             return _ALIVE
         if kind is WSMsgType.TEXT:
             return Received(Kind.TEXT)
+        ws = self._ws
         if kind is WSMsgType.ERROR:
             error = ws.exception()
             code = getattr(error, "code", None) or ws.close_code or CloseCode.PROTOCOL_ERROR
             return Received(Kind.ERROR, code=code, reason=str(error))
         return Received(Kind.CLOSED, code=ws.close_code)
+
+    async def pong(self, data: bytes) -> None:
+        await self._ws.pong(data)
 
     async def ping(self) -> None:
         await self._ws.ping()

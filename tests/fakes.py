@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 
 from collab import protocol
+from collab.channel import Kind, Received
 
 
 class MemoryChannel:
-    """Records what a connection sends; ``block()`` makes sends hang like a full socket."""
+    """A ``Channel`` without a socket: records what a connection sends, and
+    ``deliver``s what the client would send; ``block()`` makes sends hang
+    like a full socket."""
 
     def __init__(self) -> None:
+        self.inbox: asyncio.Queue[Received] = asyncio.Queue()
+        self.pongs: list[bytes] = []
         self.frames: list[bytes] = []
         self.closed_with: tuple[int, str] | None = None
         self._open = asyncio.Event()
@@ -32,6 +37,24 @@ class MemoryChannel:
 
     async def ping(self) -> None:
         self.pings += 1
+
+    def deliver(self, frame: bytes | str | None) -> None:
+        """What the client sends next: bytes, a text frame, or None for its goodbye."""
+        if frame is None:
+            self.inbox.put_nowait(Received(Kind.CLOSED, code=1000))
+        elif isinstance(frame, str):
+            self.inbox.put_nowait(Received(Kind.TEXT, frame.encode()))
+        else:
+            self.inbox.put_nowait(Received(Kind.BINARY, frame))
+
+    def receive(self) -> asyncio.Future[Received] | object:
+        return self.inbox.get()
+
+    def classify(self, raw: Received) -> Received:
+        return raw
+
+    async def pong(self, data: bytes) -> None:
+        self.pongs.append(data)
 
     async def close(self, code: int, reason: str) -> None:
         self.closed_with = (code, reason)

@@ -238,7 +238,8 @@ async def test_an_app_can_make_a_user_read_only_and_then_disconnect_them(
             f"{server.ws_url}/doc", headers={"Authorization": f"Bearer {token}"}
         )
         await _frames_until(ws, protocol.SyncStep1)
-        assert server.server.set_read_only("mallory") == 1
+        assert server.server.set_read_only("mallory", doc="elsewhere") == 0
+        assert server.server.set_read_only("mallory", doc="doc") == 1
         await ws.send_bytes(protocol.sync_update(_update("vandalism")))
         denied = await _frames_until(ws, protocol.PermissionDenied)
         assert isinstance(denied, protocol.PermissionDenied)
