@@ -50,6 +50,8 @@ class ServerSpec:
     source: Path = ROOT  # collab only: the checkout to run (A/B of a patch)
     #: Scenarios it cannot take part in, with the reason shown in the table.
     skips: dict[str, str] = field(default_factory=dict)
+    #: collab only: more ``collab serve`` flags (hooks, webhooks).
+    extra: tuple[str, ...] = ()
 
     def command(self, port: int, workdir: Path) -> tuple[list[str], dict[str, str], Path]:
         """argv, extra environment and working directory."""
@@ -57,7 +59,7 @@ class ServerSpec:
         if self.kind == "collab":
             store = "memory://" if self.store == "memory" else f"sqlite:///{workdir}/bench.db"
             argv = [sys.executable, "-m", "collab", "serve", "--host", host, "--port", str(port)]
-            argv += ["--store", store, *COLLAB_FLAGS]
+            argv += ["--store", store, *COLLAB_FLAGS, *self.extra]
             # PYTHONPATH first: a patched checkout wins over the installed one.
             return argv, {"PYTHONPATH": str(self.source)}, self.source
         if self.kind == "pycrdt-websocket":
@@ -76,6 +78,18 @@ class ServerSpec:
         raise ValueError(f"unknown server kind {self.kind}")
 
 
+#: An on_change hook plus a webhook whose receiver runs beside the server.
+HOOKED_FLAGS = (
+    "--hook",
+    "bench.hooks:CountChanges",
+    "--hook",
+    "bench.hooks:Receiver",
+    "--webhook-url",
+    "http://127.0.0.1:18099/hooks",
+    "--webhook-secret",
+    "bench-secret-bench-secret-bench-secret",
+)
+
 NO_STATE = "no document state: a relay cannot serve late joiners"
 
 
@@ -83,6 +97,9 @@ def default_servers() -> list[ServerSpec]:
     return [
         ServerSpec("collab-memory", "collab", "memory"),
         ServerSpec("collab-sqlite", "collab", "sqlite"),
+        # The same, with an on_change hook and a webhook to a local receiver
+        # (issue #12: what hooks cost; bench/hooks.py).
+        ServerSpec("collab-hooked", "collab", "sqlite", extra=HOOKED_FLAGS),
         ServerSpec("pycrdt-websocket", "pycrdt-websocket"),
         ServerSpec("y-websocket-server", "y-websocket-server"),
         ServerSpec("relay", "relay", skips={"S4": NO_STATE}),
