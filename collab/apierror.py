@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -88,10 +89,18 @@ def is_api(request: web.Request) -> bool:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every failure under ``/api/`` with a JSON error; leave other paths alone."""
+def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Answer every failure under ``/api/`` with a JSON error; leave other paths alone.
+
+    Not a coroutine for other paths: a WebSocket's request lasts as long as the
+    connection, and a middleware coroutine would stay suspended beside it.
+    """
     if not is_api(request):
-        return await handler(request)
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -265,6 +266,25 @@ class TokenAuth(Hooks):
         return principal_of(grant)
 
 
+class _Cookies(Mapping[str, str]):
+    """The request's cookies, parsed only if a hook reads them: aiohttp keeps a parsed
+    copy for the life of the request, which for a WebSocket is the connection's."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def __getitem__(self, key: str) -> str:
+        return self._request.cookies[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._request.cookies)
+
+    def __len__(self) -> int:
+        return len(self._request.cookies)
+
+
 def request_of(
     request: web.Request, doc: str | None, *, write: bool, transport: Transport = "http"
 ) -> ConnectRequest:
@@ -274,7 +294,7 @@ def request_of(
         doc=doc,
         token=token_of(request),
         headers=request.headers,
-        cookies=request.cookies,
+        cookies=_Cookies(request),
         query=request.query,
         peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(request.remote or "?"),
         transport=transport,

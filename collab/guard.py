@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -106,8 +107,10 @@ def guard_middleware(settings: Settings) -> Middleware:
     origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origin)
     open_server = settings.auth_secret is None
 
+    # Not a coroutine: checks first, then the handler's own awaitable, so a
+    # WebSocket (whose request lasts as long as it) keeps no frame of ours.
     @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def guard(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
         host = request.headers.get("Host")
         if hosts is not None and host is not None and not hosts.allows(host):
             hint = "add --allowed-host " + hostname(host)
@@ -122,7 +125,7 @@ def guard_middleware(settings: Settings) -> Middleware:
                 "origin_not_allowed",
                 f"origin {origin!r} is not allowed (add --allowed-origin {origin.rstrip('/')})",
             )
-        return await handler(request)
+        return handler(request)
 
     return guard
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -88,9 +88,13 @@ def rate_limit_middleware(rate: float, secret: str | None) -> Middleware | None:
     limiter = ClientLimiter(rate, burst=max(1.0, 2 * rate))
 
     @web.middleware
-    async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def rate_limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        # Other paths get the handler's own awaitable: no frame of ours beside a WebSocket.
         if not is_api(request):
-            return await handler(request)
+            return handler(request)
+        return limited(request, handler)
+
+    async def limited(request: web.Request, handler: Handler) -> web.StreamResponse:
         key = client_key(request, secret)
         wait = limiter.take(key)
         if wait > 0:
