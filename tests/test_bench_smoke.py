@@ -19,7 +19,14 @@ import pytest
 from tests.conftest import IN_CI
 
 ROOT = Path(__file__).parent.parent
-SERVERS = ["collab-memory", "collab-sqlite", "pycrdt-websocket", "y-websocket-server", "relay"]
+SERVERS = [
+    "collab-memory",
+    "collab-sqlite",
+    "collab-hooked",
+    "pycrdt-websocket",
+    "y-websocket-server",
+    "relay",
+]
 SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6"]
 
 
