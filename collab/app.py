@@ -31,7 +31,6 @@ from .ws import connection_limits, websocket_handler
 
 if TYPE_CHECKING:
     from .server import Server
-    from .store import Store
 
 log = logging.getLogger("collab.app")
 
@@ -41,13 +40,6 @@ def create_app(settings: Settings | None = None) -> web.Application:
     from .server import Server
 
     return Server(settings).app
-
-
-def store_from_settings(settings: Settings) -> Store:
-    """The (unopened) store the settings name (kept here for older imports)."""
-    from .server import store_from_settings as from_settings
-
-    return from_settings(settings)
 
 
 def build_app(server: Server, *, frontend: bool = True) -> web.Application:

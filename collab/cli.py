@@ -278,7 +278,8 @@ async def _target(args: argparse.Namespace) -> Any:
 
 async def _open_store(url: str | None, *, create: bool) -> Any:
     """The opened store ``url`` (default: as for serve) names; say which one on stderr."""
-    from .app import redacted, store_from_settings
+    from .app import redacted
+    from .server import store_from_settings
     from .store import StoreError
 
     settings = Settings.from_env(store=url)

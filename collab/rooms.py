@@ -26,7 +26,7 @@ from .memory import MemoryReleaser
 from .metrics import Metrics
 from .origins import ServerOrigin
 from .protocol import ProtocolError, UpdateShape, scan_update
-from .pubsub import Broker, Message
+from .pubsub import Broker
 from .replication import Replicator
 from .room import Origin, Room, RoomLimits, RoomObserver, author_of
 from .store import Store
@@ -198,11 +198,6 @@ class RoomManager:
             raise
         finally:
             del self._loading[name]
-
-    def deliver(self, message: Message) -> None:
-        """Route a peer's message to its room (kept for callers of the old API)."""
-        if self.replicator is not None:
-            self.replicator.deliver(message)
 
     def _schedule_unload(self, room: Room) -> None:
         if self.rooms.get(room.name) is not room or room.name in self._unload_timers:
