@@ -23,6 +23,7 @@ import { Connection } from './connection.js'
 import { openLocalCopy, storedText } from './local.js'
 import { deleteDocument, downloadDocument, explain, renameDocument } from './actions.js'
 import { menu, popover } from './dialog.js'
+import { mountHistory } from './history.js'
 
 // --- which document --------------------------------------------------------
 
@@ -806,6 +807,15 @@ menu(document.getElementById('doc-menu'), () => [
   { label: 'Find and replace', run: () => openSearchPanel(view) },
   ...(conn.readOnly ? [] : [null, { label: 'Delete…', run: remove, danger: true }])
 ])
+
+// --- history -----------------------------------------------------------------
+
+mountHistory({
+  name, conn, ydoc,
+  toggle: document.getElementById('history-button'),
+  panel: document.getElementById('history-panel'),
+  sheet: document.querySelector('.sheet')
+})
 
 // --- start -------------------------------------------------------------------
 
