@@ -13,6 +13,7 @@ from . import __version__
 from .config import Settings
 from .guard import guard_middleware
 from .http_api import setup_api
+from .http_transport import setup_http_transport
 from .keys import (
     BROKER,
     HOOKS,
@@ -75,6 +76,7 @@ def build_app(server: Server, *, frontend: bool = True) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     setup_api(app)
+    setup_http_transport(app)
     if frontend:
         setup_frontend(app)
     return app

@@ -192,6 +192,12 @@ class Settings:
     awareness_timeout: float = _setting(
         30.0, "seconds before a silent client's presence is dropped", metavar="SECONDS"
     )
+    http_session_timeout: float = _setting(
+        30.0,
+        "seconds an HTTP fallback session (/sse, /poll) lives with no stream or poll "
+        "attached and nothing posted; then its client leaves the document",
+        metavar="SECONDS",
+    )
     redis_url: str | None = _setting(
         None,
         "Redis that links several server processes serving the same documents "

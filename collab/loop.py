@@ -56,8 +56,18 @@ class Context:
     hooks: HookRunner
 
 
-async def serve(conn: Connection, channel: Channel, ctx: Context, transport: Transport) -> None:
+async def serve(
+    conn: Connection,
+    channel: Channel,
+    ctx: Context,
+    transport: Transport,
+    *,
+    label: str | None = None,
+) -> None:
     """Serve ``conn`` until it closes; never raises for anything the client did.
+
+    ``label`` is the ``transport`` label of the connection metrics (the
+    HTTP fallback's "sse" and "poll" are both the hooks' "http").
 
     One coroutine from admission to the close line (no helper coroutine for
     the receive loop): an idle connection is suspended here and in the
@@ -65,6 +75,8 @@ async def serve(conn: Connection, channel: Channel, ctx: Context, transport: Tra
     """
     manager, metrics, hooks = ctx.manager, ctx.metrics, ctx.hooks
     manager.connection_count += 1
+    label = label or transport
+    metrics.opened(label)
     room: Room | None = None
     try:
         room = await _admit(conn, ctx)
@@ -130,7 +142,7 @@ async def serve(conn: Connection, channel: Channel, ctx: Context, transport: Tra
         with contextlib.suppress(Exception):
             await conn.wait_closed()
         manager.connection_count -= 1
-        metrics.closed(conn.close_code)
+        metrics.closed(conn.close_code, label)
         if room is not None and hooks.wants("on_disconnect"):
             hooks.emit("on_disconnect", _event(conn, transport))
         _log_close(conn)

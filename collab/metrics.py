@@ -46,6 +46,9 @@ class Traffic:
     messages_out: int = 0
     bytes_out: int = 0
     closes: Counter[str] = field(default_factory=Counter)
+    #: Connections opened, and open now, by transport ("websocket", "sse", "poll").
+    opened: Counter[str] = field(default_factory=Counter)
+    open: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
 
 
@@ -74,8 +77,14 @@ class Metrics:
         """A gauge whose value is read at scrape time."""
         self._gauges[name] = (doc, read)
 
-    def closed(self, code: int | None) -> None:
+    def opened(self, transport: str) -> None:
+        self.traffic.opened[transport] += 1
+        self.traffic.open[transport] += 1
+
+    def closed(self, code: int | None, transport: str | None = None) -> None:
         self.traffic.closes[close_label(code)] += 1
+        if transport is not None:
+            self.traffic.open[transport] -= 1
 
     def refused(self, reason: str) -> None:
         self.traffic.refused[reason] += 1
@@ -109,5 +118,18 @@ class _TrafficCollector(Collector):
         for reason, count in sorted(t.refused.items()):
             refused.add_metric([reason], count)
         yield refused
+        opened = CounterMetricFamily(
+            "collab_connections_opened",
+            "Connections admitted to the loop, by transport",
+            labels=["transport"],
+        )
+        current = GaugeMetricFamily(
+            "collab_transport_connections", "Open connections, by transport", labels=["transport"]
+        )
+        for transport, count in sorted(t.opened.items()):
+            opened.add_metric([transport], count)
+            current.add_metric([transport], t.open[transport])
+        yield opened
+        yield current
         for name, (doc, read) in self._metrics._gauges.items():
             yield GaugeMetricFamily(name, doc, value=read())

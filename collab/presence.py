@@ -112,6 +112,12 @@ class Presence:
                 removed.append(entry)
         return removed
 
+    def release(self, client_id: int) -> None:
+        """Forget who owns ``client_id`` and keep its state (it expires unless renewed):
+        its client set it through a connection that ended while the client stays
+        (an HTTP POST served without its session, issue #15)."""
+        self._disown(client_id)
+
     def expire(self, now_ms: float, timeout_ms: float) -> list[AwarenessEntry]:
         """Remove states not renewed within ``timeout_ms`` and forget old removals."""
         removed = []
