@@ -203,7 +203,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
 
   const closeButton = h('button', { type: 'button', class: 'icon-button', 'aria-label': 'Close history', title: 'Close (Escape)' }, closeIcon())
   const saveButton = h('button', { type: 'button', class: 'button history-save' }, 'Save version')
-  const refreshButton = h('button', { type: 'button', class: 'icon-button', 'aria-label': 'Refresh history', title: 'Refresh' }, refreshIcon())
+  const refreshButton = h('button', { type: 'button', class: 'icon-button history-refresh', 'aria-label': 'Refresh history', title: 'Refresh' }, refreshIcon())
   const gapSelect = h('select', { class: 'history-gap', 'aria-label': 'Group changes into sessions separated by' },
     GAPS.map(([ms, label]) => h('option', { value: String(ms) }, label)))
   const readOnlyNote = h('p', { class: 'history-note', hidden: true },
@@ -560,9 +560,17 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
         ops = at.text ? [{ op: 'equal', text: at.text }] : []
       }
       if (state.selected !== point) return
+      if (ops && at.text != null && textsOf(ops).before !== at.text) {
+        // Not a diff from this point: show the text alone rather than wrong marks.
+        ops = null
+        diffError = new ApiError(500, null, 'the comparison does not start at this point.')
+      }
       state.preview = { seq: point.seq, at, latest, ops, text: at.text }
       showPreview(state.preview)
-      if (diffError) showError(previewError, { ...problem(diffError, 'compare it with now'), retry: false })
+      if (diffError) {
+        const said = problem(diffError, 'compare it with now')
+        showError(previewError, { title: 'The changes since cannot be marked', text: `This is the text at that point without them. (${said.title}: ${said.text})`, retry: false })
+      }
       preview.dataset.state = 'shown'
     } catch (err) {
       if (state.selected !== point) return
