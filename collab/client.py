@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from pycrdt import Awareness, Doc, Text, TransactionEvent
 
 from . import protocol
 from . import text as chars
+from .client_links import Buffered, HttpLink, HttpRefused, Link, WebSocketLink, http_urls
 from .closecodes import CloseCode
 from .protocol import ProtocolError
 
@@ -35,6 +36,10 @@ log = logging.getLogger("collab.client")
 
 #: Seconds one connection attempt (TCP, TLS and the upgrade) may take.
 ATTEMPT_TIMEOUT = 10.0
+#: What ``transport=`` may be.
+TRANSPORTS = ("auto", "websocket", "http")
+#: More time for an attempt on the stream, which waits up to 5 s for its open event.
+OPEN_GRACE = 5.0
 
 
 class ConnectionClosed(Exception):
@@ -131,7 +136,10 @@ class Session:
         awareness_timeout: float = 30.0,
         connect_timeout: float | None = None,
         http: aiohttp.ClientSession | None = None,
+        transport: str = "auto",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         bases = [url] if isinstance(url, str) else list(url)
         if not bases:
             raise ValueError("no server URL given")
@@ -158,7 +166,13 @@ class Session:
         self._heartbeat = heartbeat
         self._http = http
         self._own_http = http is None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        #: "auto", "websocket" or "http": what may be used.
+        self._mode = transport
+        #: The tier to try first: "websocket", then "sse" or "poll" once fallen back.
+        self._tier = "sse" if transport == "http" else "websocket"
+        #: The tier of the current (or last) connection: "websocket", "sse" or "poll".
+        self.transport: str | None = None
+        self._link: Link | None = None
         self._outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self._applying_remote = False
         self._changed = asyncio.Event()
@@ -235,14 +249,14 @@ class Session:
         if self._stopping:
             await self._ended.wait()
             return
-        if self._ws is not None and not self._ws.closed:
+        if self._link is not None and not self._link.closed:
             self.awareness.set_local_state(None)
             with contextlib.suppress(TimeoutError):
                 await self.drain(timeout=5.0)
         self._stopping = True
-        if self._ws is not None:
+        if self._link is not None:
             with contextlib.suppress(Exception):
-                await self._ws.close()
+                await self._link.close()
         for task in (self._runner, self._awareness_task):
             if task is not None:
                 task.cancel()
@@ -277,6 +291,12 @@ class Session:
                     self.error = exc
                     log.warning("%s: %s", self.name, exc)
                     return
+                except HttpRefused as exc:
+                    if exc.status in (400, 401, 403, 404) or CloseCode.is_fatal(exc.close_code):
+                        self.error = ConnectionClosed(exc.close_code, exc.message)
+                        log.error("%s: refused over HTTP: %s", self.name, exc)
+                        return
+                    self.last_failure = exc
                 except aiohttp.WSServerHandshakeError as exc:
                     # 4xx at the upgrade will not change by retrying.
                     if 400 <= exc.status < 500 and exc.status not in (408, 429):
@@ -318,66 +338,136 @@ class Session:
             self._ended.set()
 
     async def _connect_once(self) -> None:
+        link = await self._open_link()
+        self._link = link
+        self.last_failure = None
+        self.connects += 1
+        self._outbox = asyncio.Queue()
+        writer = asyncio.create_task(self._write_loop(link, self._outbox))
+        try:
+            self._outbox.put_nowait(protocol.sync_step1(self.doc.get_state()))
+            if self.awareness.get_local_state() is not None:
+                self._send_awareness()
+            while (frame := await link.receive()) is not None:
+                self._handle(frame)
+        finally:
+            self.synced.clear()
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            self._link = None
+            if not link.closed:
+                with contextlib.suppress(Exception):
+                    await link.close()
+            self.close_code = link.close_code
+        code = link.close_code
+        if code != CloseCode.NORMAL:
+            self._next_server()  # 1001 and drops: try another process first
+        if not self._stopping and CloseCode.is_fatal(code):
+            raise ConnectionClosed(code, link.close_reason)
+
+    async def _open_link(self) -> Link:
+        """A WebSocket, or (``transport`` "auto" or "http") the HTTP fallback.
+
+        "auto" steps down once, when the upgrade fails while plain HTTP
+        works (``/transport/probe``): a proxy that refuses upgrades fast
+        must not look like an offline server.  The tier found is kept for
+        the reconnects of this session.
+        """
+        if self._tier == "websocket":
+            try:
+                return await self._open_websocket()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self._mode != "auto" or not await self._http_works():
+                    raise
+                log.warning(
+                    "%s: WebSocket to %s failed (%s) but HTTP works: falling back to HTTP",
+                    self.name,
+                    self.url,
+                    _describe(exc),
+                )
+                try:
+                    return await self._open_http("sse")
+                except HttpRefused:
+                    if isinstance(exc, aiohttp.WSServerHandshakeError):
+                        raise exc from None  # the server's own refusal, as the upgrade said
+                    raise
+        return await self._open_http(self._tier)
+
+    async def _open_http(self, tier: str) -> Link:
         assert self._http is not None
+        self._tier = tier
+        if self._tier == "sse":
+            try:
+                link = await self._attempt(
+                    HttpLink.open(self._http, self.url, "sse", self._headers), OPEN_GRACE
+                )
+                self.transport = "sse"
+                return link
+            except Buffered:
+                log.warning("%s: the stream is buffered on the way: long-polling", self.name)
+                self._tier = "poll"
+        link = await self._attempt(HttpLink.open(self._http, self.url, "poll", self._headers))
+        self.transport = "poll"
+        return link
+
+    async def _attempt(self, opening: Awaitable[HttpLink], extra: float = 0.0) -> HttpLink:
+        try:
+            async with asyncio.timeout(self._attempt_timeout() + extra):
+                return await opening
+        except (aiohttp.ClientConnectionError, OSError, TimeoutError):
+            self._next_server()
+            raise
+
+    def _attempt_timeout(self) -> float:
         # A host that drops packets would hold one attempt for aiohttp's
         # default of 5 minutes.
         attempt = ATTEMPT_TIMEOUT
         if self._connect_timeout is not None:
             attempt = min(attempt, max(self._connect_timeout, 0.1))
+        return attempt
+
+    async def _open_websocket(self) -> Link:
+        assert self._http is not None
         try:
-            async with asyncio.timeout(attempt):
+            async with asyncio.timeout(self._attempt_timeout()):
                 ws = await self._http.ws_connect(
                     self.url, heartbeat=self._heartbeat, max_msg_size=0, headers=self._headers
                 )
         except (aiohttp.ClientConnectionError, OSError, TimeoutError):
             self._next_server()
             raise
-        self._ws = ws
-        self.last_failure = None
-        self.connects += 1
-        self._outbox = asyncio.Queue()
-        writer = asyncio.create_task(self._write_loop(ws, self._outbox))
-        reason = ""
-        try:
-            self._outbox.put_nowait(protocol.sync_step1(self.doc.get_state()))
-            if self.awareness.get_local_state() is not None:
-                self._send_awareness()
-            while True:
-                msg = await ws.receive()
-                if msg.type is aiohttp.WSMsgType.BINARY:
-                    self._handle(msg.data)
-                elif msg.type is aiohttp.WSMsgType.CLOSE:
-                    reason = msg.extra if isinstance(msg.extra, str) else ""
-                    await ws.close()
-                    break
-                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    break
-        finally:
-            self.synced.clear()
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            self._ws = None
-            self.close_code = ws.close_code
-        code = ws.close_code
-        if code != CloseCode.NORMAL:
-            self._next_server()  # 1001 and drops: try another process first
-        if not self._stopping and CloseCode.is_fatal(code):
-            raise ConnectionClosed(code, reason)
+        self.transport = "websocket"
+        return WebSocketLink(ws)
 
-    async def _write_loop(
-        self, ws: aiohttp.ClientWebSocketResponse, outbox: asyncio.Queue[bytes]
-    ) -> None:
+    async def _http_works(self) -> bool:
+        """Whether the server answers plain HTTP (its ``/transport/probe``)."""
+        urls = http_urls(self.url)
+        if urls is None or self._http is None:
+            return False
+        try:
+            async with (
+                asyncio.timeout(self._attempt_timeout()),
+                self._http.get(f"{urls[0]}transport/probe") as response,
+            ):
+                return response.status == 200 and bool((await response.json()).get("ok"))
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return False
+
+    async def _write_loop(self, link: Link, outbox: asyncio.Queue[bytes]) -> None:
         while True:
-            frame = await outbox.get()
+            frames = [await outbox.get()]
+            while not outbox.empty():  # one POST for everything queued
+                frames.append(outbox.get_nowait())
             try:
-                await ws.send_bytes(frame)
+                await link.send_all(frames)
             except Exception:
-                # The socket died; the next connection re-syncs everything.
-                await ws.close()
+                # The link died; the next connection re-syncs everything.
+                await link.close()
                 return
             finally:
-                outbox.task_done()
+                for _ in frames:
+                    outbox.task_done()
 
     def _handle(self, frame: bytes) -> None:
         try:
@@ -412,7 +502,7 @@ class Session:
 
     def _on_doc_change(self, event: TransactionEvent) -> None:
         self._changed.set()
-        if self._applying_remote or self._ws is None:
+        if self._applying_remote or self._link is None:
             # Remote changes came from the server; offline ones go out
             # with the sync step 2 of the next connection.
             return
@@ -422,7 +512,7 @@ class Session:
 
     def _on_awareness_change(self, topic: str, change: tuple[dict[str, Any], Any]) -> None:
         _, origin = change
-        if topic == "update" and origin == "local" and self._ws is not None:
+        if topic == "update" and origin == "local" and self._link is not None:
             self._send_awareness()
 
     def _send_awareness(self) -> None:
