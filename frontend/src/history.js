@@ -337,7 +337,16 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
       state.loaded = true
     } catch (err) {
       if (generation !== state.generation) return
-      state.error = { ...problem(err, 'load the history'), again: reload }
+      if (err instanceof ApiError && err.status === 404 && conn.isNew && !state.loaded) {
+        // A new document: nothing stored yet, which is not an error.
+        state.sessions = []
+        state.versions = []
+        state.next = null
+        state.loaded = true
+        state.error = null
+      } else {
+        state.error = { ...problem(err, 'load the history'), again: reload }
+      }
     } finally {
       if (generation === state.generation) {
         state.loading = false
@@ -661,7 +670,8 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
   function authorsSince (seq) {
     const names = new Set()
     for (const session of state.sessions) {
-      if (Number(session.from_seq) > seq) for (const author of session.authors || []) names.add(String(author))
+      if (Number(session.from_seq) <= seq) continue
+      for (const author of session.authors || []) if (typeof author === 'string' && author) names.add(author)
     }
     return [...names]
   }
