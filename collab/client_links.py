@@ -181,34 +181,34 @@ class HttpLink:
     # -- down ------------------------------------------------------------------
 
     async def _open_stream(self, open_timeout: float) -> None:
-        params = {"sid": self.sid, "last": str(self._last)} if self.sid else {}
-        headers = dict(self._headers)
-        if self.sid:
-            headers["Last-Event-ID"] = str(self._last)
-        response = await self._http.get(
-            self._url("sse"),
-            params=params,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
+        response: aiohttp.ClientResponse | None = None
         try:
-            if response.status != 200:
-                raise await _refusal(response)
-            events = _events(response)
-            try:
-                async with asyncio.timeout(open_timeout):
-                    name, data = await anext(events)
-            except TimeoutError:
-                raise Buffered(f"no open event within {open_timeout:g} s") from None
-            if name == "close":
-                self._end_with(data)
-                raise _Expired()
-            hello = json.loads(data)
-            self.sid = hello["sid"]
-            self.heartbeat = hello.get("heartbeat_ms", 10000) / 1000
+            # The headers count too: a buffering proxy holds them with the events.
+            async with asyncio.timeout(open_timeout):
+                response = await self._http.get(
+                    self._url("sse"),
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                )
+                if response.status != 200:
+                    raise await _refusal(response)
+                events = _events(response)
+                name, data = await anext(events)
+        except TimeoutError:
+            if response is not None:
+                response.close()
+            raise Buffered(f"no open event within {open_timeout:g} s") from None
         except BaseException:
-            response.close()
+            if response is not None:
+                response.close()
             raise
+        if name == "close":
+            response.close()
+            self._end_with(data)
+            raise _Expired()
+        hello = json.loads(data)
+        self.sid = hello["sid"]
+        self.heartbeat = hello.get("heartbeat_ms", 10000) / 1000
         self._reader = asyncio.create_task(self._stream(response, events))
 
     async def _stream(self, response: aiohttp.ClientResponse, events: Any) -> None:
@@ -393,7 +393,7 @@ class HttpLink:
                 await self._reader
 
 
-class _Expired(Exception):
+class _Expired(ConnectionError):
     """The session is gone (4410): the link ended; the session starts a new one."""
 
 

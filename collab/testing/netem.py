@@ -134,6 +134,8 @@ class _FrameCutter:
         self._in_headers = True
         self.raw = False  # not (or no longer) WebSocket: pass chunks through
         self.status: int | None = None
+        #: The first header block (a request going up, a response coming down).
+        self.head: bytes | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         if self.raw:
@@ -153,10 +155,15 @@ class _FrameCutter:
             self._in_headers = False
             out.append(head)
             first = head.split(b"\r\n", 1)[0].split()
+            self.head = head
             if first and first[0].startswith(b"HTTP/"):
                 self.status = int(first[1]) if len(first) > 1 and first[1].isdigit() else None
                 if self.status != 101:
                     self.raw = True
+            elif not is_upgrade(head):
+                # A plain HTTP request (the HTTP fallback transport): its body
+                # and the requests after it are not WebSocket frames.
+                self.raw = True
         if self.raw:
             if self._buf:
                 out.append(bytes(self._buf))
@@ -196,6 +203,108 @@ class _FrameCutter:
         return data
 
 
+def is_upgrade(head: bytes) -> bool:
+    """Whether an HTTP request's header block asks for a protocol upgrade."""
+    return any(
+        line.split(b":", 1)[0].strip().lower() == b"upgrade" for line in head.split(b"\r\n")[1:]
+    )
+
+
+#: What "refuse upgrade" answers, as a proxy that does not allow WebSockets would.
+_REFUSAL_TEXT = b"WebSockets are not allowed here"
+REFUSED_UPGRADE = (
+    b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT)
+)
+
+
+class _Responses:
+    """Finds where each HTTP response of a byte stream ends (a buffering proxy
+    releases a response once it is complete): Content-Length, chunked, or EOF."""
+
+    def __init__(self) -> None:
+        self._state = "head"
+        self._head = bytearray()
+        self._left = 0  # body bytes of the current part still to come
+        self._line = bytearray()
+        self.passthrough = False  # a 101: WebSocket frames from here on
+
+    def feed(self, data: bytes) -> list[int]:
+        """Offsets in ``data`` just after each response that completes in it."""
+        ends: list[int] = []
+        pos = 0
+        while pos < len(data) and not self.passthrough:
+            state = self._state
+            if state == "head":
+                end = (bytes(self._head[-3:]) + data[pos:]).find(b"\r\n\r\n")
+                if end < 0:
+                    self._head += data[pos:]
+                    return ends
+                take = end + 4 - min(3, len(self._head))
+                self._head += data[pos : pos + take]
+                pos += take
+                self._start(bytes(self._head))
+                self._head.clear()
+                if self._state == "head":
+                    ends.append(pos)
+            elif state == "body":
+                step = min(self._left, len(data) - pos)
+                pos += step
+                self._left -= step
+                if not self._left:
+                    self._state = "head"
+                    ends.append(pos)
+            elif state in ("size", "trailer"):
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    self._line += data[pos:]
+                    return ends
+                self._line += data[pos : nl + 1]
+                pos = nl + 1
+                line = bytes(self._line).strip()
+                self._line.clear()
+                if state == "trailer":
+                    if not line:
+                        self._state = "head"
+                        ends.append(pos)
+                    continue
+                size = int(line.split(b";")[0] or b"0", 16)
+                if size:
+                    self._left = size + 2  # the data and its CRLF
+                    self._state = "chunk"
+                else:
+                    self._state = "trailer"
+            elif state == "chunk":
+                step = min(self._left, len(data) - pos)
+                pos += step
+                self._left -= step
+                if not self._left:
+                    self._state = "size"
+            else:  # "eof": the body lasts until the connection ends
+                return ends
+        return ends
+
+    def _start(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        status = lines[0].split()
+        code = int(status[1]) if len(status) > 1 and status[1].isdigit() else 0
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip().lower()
+        if code == 101:
+            self.passthrough = True
+        elif code in (204, 304) or 100 <= code < 200:
+            self._state = "head"
+        elif b"chunked" in headers.get(b"transfer-encoding", b""):
+            self._state = "size"
+        elif b"content-length" in headers:
+            self._left = int(headers[b"content-length"] or b"0")
+            self._state = "body" if self._left else "head"
+        else:
+            self._state = "eof"
+
+
 class ProxiedConnection:
     """One client connection through the proxy and its upstream twin."""
 
@@ -207,6 +316,8 @@ class ProxiedConnection:
         self._writers: list[asyncio.StreamWriter] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = asyncio.Event()
+        #: When a byte last went either way (for "kill idle connections").
+        self.last_activity = 0.0
 
     def __repr__(self) -> str:
         return f"<ProxiedConnection {self.label}#{self.number}>"
@@ -228,14 +339,22 @@ class ProxiedConnection:
         upstream_writer: asyncio.StreamWriter,
     ) -> None:
         self._writers = [client_writer, upstream_writer]
+        self.last_activity = asyncio.get_running_loop().time()
         up = self._pipe(client_reader, upstream_writer, Direction.UP)
-        down = self._pipe(upstream_reader, client_writer, Direction.DOWN)
+        buffering = self.proxy.buffers_responses(self.label)
+        down = (
+            self._buffered_pipe(upstream_reader, client_writer, buffering)
+            if buffering
+            else self._pipe(upstream_reader, client_writer, Direction.DOWN)
+        )
         self._tasks = [
             asyncio.create_task(up, name=f"netem-{self.label}-up"),
             asyncio.create_task(down, name=f"netem-{self.label}-down"),
         ]
+        watchdog = asyncio.create_task(self._kill_when_idle(), name=f"netem-{self.label}-idle")
+        self._tasks.append(watchdog)
         try:
-            done, pending = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(self._tasks[:2], return_when=asyncio.FIRST_COMPLETED)
             if pending and not any(t.cancelled() or t.exception() for t in done):
                 # One side finished cleanly (EOF): let the other deliver its last
                 # frames (the server's close frame, say) before tearing down.
@@ -245,6 +364,58 @@ class ProxiedConnection:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _kill_when_idle(self) -> None:
+        """Reset the connection once nothing went either way for the proxy's idle limit."""
+        loop = asyncio.get_running_loop()
+        while True:
+            limit = self.proxy.idle_limit(self.label)
+            if limit is None:
+                await self.proxy.wait_change()
+                continue
+            idle = loop.time() - self.last_activity
+            if idle >= limit:
+                self.proxy._record("kill idle", f"{self!r} after {idle:.1f} s idle")
+                self.abort()
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(limit - idle):
+                    await self.proxy.wait_change()
+
+    async def _buffered_pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
+    ) -> None:
+        """Downstream through a buffering proxy: a response's bytes are held until
+        it is complete or ``limit`` bytes wait (then all of them go at once)."""
+        loop = asyncio.get_running_loop()
+        responses = _Responses()
+        held = bytearray()
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                if held:
+                    writer.write(bytes(held))
+                with contextlib.suppress(Exception):
+                    await writer.drain()
+                    writer.write_eof()
+                return
+            self.last_activity = loop.time()
+            ends = responses.feed(data)
+            start = len(held)
+            held += data
+            if responses.passthrough or len(held) >= limit:
+                cut = len(held)
+            else:
+                cut = start + ends[-1] if ends else 0
+            if cut:
+                if cut < len(held) or not ends or responses.passthrough:
+                    self.proxy._record("buffer", f"{self!r} released {cut} bytes")
+                writer.write(bytes(held[:cut]))
+                del held[:cut]
+                await writer.drain()
+                stats = self.stats[Direction.DOWN]
+                stats.frames += 1
+                stats.bytes += cut
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction
@@ -295,7 +466,24 @@ class ProxiedConnection:
             while True:
                 await space.wait()
                 data = await reader.read(65536)
+                if data:
+                    self.last_activity = loop.time()
                 chunks = cutter.feed(data) if data else [cutter.rest()]
+                if (
+                    direction is Direction.UP
+                    and cutter.head is not None
+                    and chunks
+                    and chunks[0] is cutter.head
+                    and is_upgrade(cutter.head)
+                    and proxy.refuses_upgrade(self.label)
+                ):
+                    proxy._record("refuse upgrade", f"{self!r}")
+                    client = self._writers[0]
+                    client.write(REFUSED_UPGRADE)
+                    with contextlib.suppress(Exception):
+                        await client.drain()
+                    self.abort()
+                    return
                 for chunk in chunks:
                     if not chunk:
                         continue
@@ -357,6 +545,10 @@ class NetemProxy:
         self._holds: dict[str, Direction] = {}
         self._hold_all = Direction(0)
         self._partitions: dict[str, _Partition] = {}
+        #: Middlebox faults, by label (None: everyone).
+        self._refuse_upgrade: set[str | None] = set()
+        self._buffer: dict[str | None, int] = {}
+        self._idle: dict[str | None, float] = {}
         self._change = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._started_at: float | None = None
@@ -556,8 +748,62 @@ class NetemProxy:
         self._record("restart", f"{self.upstream_host}:{self.upstream_port}")
         await self._restart()
 
+    def refuse_upgrade(self, labels: Iterable[str] | str | None = None, *, on: bool = True) -> None:
+        """Answer WebSocket upgrades of ``labels`` with 403, as a proxy that blocks
+        WebSockets does (plain HTTP passes); the first request of each connection
+        is checked."""
+        keys = _keys(labels)
+        if on:
+            self._refuse_upgrade.update(keys)
+            self._record("refuse upgrade", f"on {_who(labels)}")
+        else:
+            self._refuse_upgrade.difference_update(keys)
+
+    def buffer_responses(
+        self,
+        labels: Iterable[str] | str | None = None,
+        *,
+        limit: int | None = 64 * 1024,
+        on: bool = True,
+    ) -> None:
+        """Hold each HTTP response of ``labels``' new connections until it is complete
+        or ``limit`` bytes wait, as a buffering proxy does (a stream then never
+        arrives in time; long-poll answers, which complete, pass)."""
+        for key in _keys(labels):
+            if on and limit:
+                self._buffer[key] = limit
+            else:
+                self._buffer.pop(key, None)
+        if on and limit:
+            self._record("buffer responses", f"up to {limit} bytes {_who(labels)}")
+
+    def kill_idle(self, seconds: float | None, labels: Iterable[str] | str | None = None) -> None:
+        """Reset connections of ``labels`` after ``seconds`` without a byte either way
+        (``None`` stops it), as idle-killing proxies and NATs do."""
+        for key in _keys(labels):
+            if seconds is None:
+                self._idle.pop(key, None)
+            else:
+                self._idle[key] = seconds
+        if seconds is not None:
+            self._record("kill idle", f"after {seconds:g} s {_who(labels)}")
+        self._changed()
+
+    def refuses_upgrade(self, label: str) -> bool:
+        return label in self._refuse_upgrade or None in self._refuse_upgrade
+
+    def buffers_responses(self, label: str) -> int:
+        return self._buffer.get(label) or self._buffer.get(None) or 0
+
+    def idle_limit(self, label: str) -> float | None:
+        return self._idle.get(label, self._idle.get(None))
+
     def heal_all(self) -> None:
-        """A perfect network again: no latency, no cap, nothing held, no partition."""
+        """A perfect network again: no latency, no cap, nothing held, no partition,
+        no middlebox fault."""
+        self._refuse_upgrade.clear()
+        self._buffer.clear()
+        self._idle.clear()
         self._default = Shape()
         self._overrides.clear()
         self._holds.clear()
@@ -650,6 +896,11 @@ def _labels(labels: Iterable[str] | str | None) -> frozenset[str] | None:
     if isinstance(labels, str):
         return frozenset([labels])
     return frozenset(labels)
+
+
+def _keys(labels: Iterable[str] | str | None) -> frozenset[str | None]:
+    wanted = _labels(labels)
+    return frozenset([None]) if wanted is None else frozenset(wanted)
 
 
 def _who(labels: Iterable[str] | str | None) -> str:
