@@ -95,6 +95,16 @@ def _boolean(raw: str) -> bool:
 _boolean.__name__ = "on|off"
 
 
+def _duration(raw: str) -> float:
+    """Seconds, or a number with a unit: ``30d``, ``12h``, ``90m``, ``45s``."""
+    text = raw.strip().lower()
+    unit = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}.get(text[-1:])
+    return float(text[:-1]) * unit if unit is not None else float(text)
+
+
+_duration.__name__ = "seconds|Nd|Nh|Nm"
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -148,6 +158,20 @@ class Settings:
     )
     compact_bytes: int = _setting(
         1024 * 1024, "log size that makes a document compact into one snapshot", metavar="BYTES"
+    )
+    history_retention: float = _setting(
+        30 * 86400.0,
+        "how long every update is kept for version history (seconds, or 30d, 12h); older "
+        "history thins to hourly, then daily checkpoints; 0 keeps no history",
+        metavar="DURATION",
+        parse=_duration,
+    )
+    trash_retention: float = _setting(
+        7 * 86400.0,
+        "how long a deleted document stays in the trash, undeletable with its history "
+        "(seconds, or 7d); 0 deletes at once",
+        metavar="DURATION",
+        parse=_duration,
     )
     unload_grace: float = _setting(
         10.0, "seconds a document stays loaded after its last client leaves", metavar="SECONDS"

@@ -100,6 +100,10 @@ def setup_api(app: web.Application) -> None:
     if limit is not None:
         app.middlewares.append(limit)
     app.router.add_routes(token_routes)
+    from .history_api import routes as history_routes
+
+    # Before ours: GET {DOC} would take ".../history" for a document name.
+    app.router.add_routes(history_routes)
     app.router.add_routes(routes)
     app.on_cleanup.append(_close)
 

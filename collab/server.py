@@ -20,6 +20,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection
 from .document import DocumentHandle
+from .history import History
 from .hooks import HookRunner, Hooks, Persisted, Principal
 from .keys import (
     BROKER,
@@ -45,6 +47,7 @@ from .pubsub import Broker, open_broker
 from .room import RoomLimits
 from .rooms import RoomManager
 from .store import Store, open_store
+from .store.group import GroupCommitStore
 from .webhooks import Outbox, StoredEvent, Webhook
 
 log = logging.getLogger("collab.server")
@@ -77,6 +80,7 @@ class Server:
         self._store = store
         self._broker = broker
         self._manager: RoomManager | None = None
+        self._history: History | None = None
         self.metrics = Metrics()
         self.hooks = HookRunner([*hooks, *_builtin_hooks(self.settings)])
         self.metrics.registry.register(self.hooks.collector())
@@ -99,6 +103,38 @@ class Server:
         if self._store is None or self._manager is None:
             raise NotRunning("the server has not started: run or mount server.app first")
         return self._store
+
+    # -- version history (collab.history) ----------------------------------------
+
+    @property
+    def history_engine(self) -> History:
+        """Reads, diffs and restores documents' pasts (docs/history.md)."""
+        if self._history is None:
+            self._history = History(self)
+        return self._history
+
+    async def history(
+        self, name: str, *, limit: int = 50, before: int | None = None, gap_ms: float = 60_000
+    ) -> dict[str, Any]:
+        """Editing sessions of ``name``, newest first (the JSON of GET .../history)."""
+        return await self.history_engine.history(name, limit=limit, before=before, gap_ms=gap_ms)
+
+    async def at(self, name: str, point: str | int) -> dict[str, Any]:
+        """``name`` at a seq, ISO time or version id (the JSON of GET .../at/{point})."""
+        return await self.history_engine.at(name, point)
+
+    async def restore(
+        self,
+        name: str,
+        *,
+        to: str | int,
+        by: Sequence[str] | None = None,
+        principal: str = "server",
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """Restore ``name`` to ``to`` (or undo ``by``'s changes since) as a forward edit
+        by ``restore:<principal>``; ``key`` makes retries answer the first result."""
+        return await self.history_engine.restore(name, to, by=by, principal=principal, key=key)
 
     # -- server-side documents --------------------------------------------------
 
@@ -274,13 +310,17 @@ def store_from_settings(settings: Settings, *, alone: bool | None = None) -> Sto
     lock = (
         {} if alone is None or scheme != "sqlite" else {"lock": "exclusive" if alone else "shared"}
     )
-    return open_store(
+    store = open_store(
         settings.store,
         commit_window=settings.commit_window,
         compact_updates=settings.compact_updates,
         compact_bytes=settings.compact_bytes,
         **lock,
     )
+    if isinstance(store, GroupCommitStore):  # SQLite and PostgreSQL: collab.store.history
+        store.history_retention = settings.history_retention
+        store.trash_retention = settings.trash_retention
+    return store
 
 
 #: Shorter HS256 secrets can be brute-forced from one token (RFC 7518 3.2).

@@ -398,7 +398,7 @@ async def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> N
         assert kinds(await all_events(store)) == [("doc.persisted", "doc")], "not created"
         assert text_of(await store.load("doc")) == str(editor)
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 async def test_a_version_1_postgres_schema_is_upgraded_in_place(postgres_url: str) -> None:

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, Self
 from ..webhooks import Delivery, StoredEvent
 from .base import CorruptDocument, DocInfo, LogEntry, StoreError
 from .events import PRUNE_INTERVAL, RETENTION
+from .history import CHECKPOINT_EVERY
 from .merge import PROCESS_BYTES, Merger, build_update
 
 log = logging.getLogger("collab.store")
@@ -152,6 +153,12 @@ class GroupCommitStore(abc.ABC):
         self.on_persisted: Callable[[list[StoredEvent]], None] | None = None
         #: Seconds events and finished webhook deliveries are kept.
         self.event_retention = RETENTION
+        #: Version history (``history.py``): seconds of log kept (0: none, as before),
+        #: seconds a deleted document stays in the trash (0: deleted at once), and
+        #: seconds between checkpoints kept while the log is there.
+        self.history_retention = 0.0
+        self.trash_retention = 0.0
+        self.checkpoint_every = CHECKPOINT_EVERY
         self._pruned_at = -math.inf
         self._seq = 0
         self._durable_seq = 0
@@ -563,6 +570,13 @@ class GroupCommitStore(abc.ABC):
             return
         if pruned:
             log.info("pruned %d old events and deliveries from %s", pruned, self.where)
+        try:
+            await self.history_sweep()
+        except Exception as exc:
+            log.warning("pruning old history in %s failed (retried later): %s", self.where, exc)
+
+    async def history_sweep(self) -> None:  # noqa: B027 - optional
+        """Thin history beyond its window and purge expired trash (``collab.store.history``)."""
 
     async def _compact_once(self, name: str) -> bool | None:
         """Read, merge, replace: True when compacted, None when there was no log,

@@ -24,15 +24,18 @@ only a power loss or kernel crash can roll back the last transactions,
 never corrupt the file.  Pass ``synchronous="FULL"`` to fsync every group
 commit as well.
 
-Layout (``PRAGMA user_version`` holds the schema version, 2; a version 1
-file gains the ``author`` column and the event tables when it is opened)::
+Layout (``PRAGMA user_version`` holds the schema version, 3; an older file
+gains the ``author`` and ``seq`` columns and the event and history tables when
+it is opened)::
 
-    collab_snapshots(name PRIMARY KEY, snapshot BLOB, updated_at REAL)
+    collab_snapshots(name PRIMARY KEY, snapshot BLOB, updated_at REAL, seq INTEGER)
     collab_updates(id INTEGER PRIMARY KEY AUTOINCREMENT, name, data BLOB, created_at REAL,
                    author TEXT)
     collab_events(id INTEGER PRIMARY KEY AUTOINCREMENT, type, name, seq_from, seq_to,
                   authors (JSON), updates, size, at REAL)
     collab_webhook_cursors / collab_webhook_deliveries / collab_webhook_endpoints
+    collab_history / collab_checkpoints / collab_versions / collab_trash /
+    collab_history_meta / collab_idempotency      (version history: sqlite_history.py)
 
 Each commit writes its events (``events.py``) in its own transaction; the
 single writer makes their ids grow in commit order.
@@ -90,12 +93,13 @@ from .group import (
     Pending,
 )
 from .merge import PROCESS_BYTES
+from .sqlite_history import SCHEMA_3, SQLiteHistory
 
 log = logging.getLogger("collab.store")
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Every statement is idempotent: it creates a new file and completes an older one.
 _SCHEMA = """
@@ -187,7 +191,7 @@ SELECT name, SUM(size), SUM(n), MAX(t) FROM (
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 
 
-class SQLiteStore(GroupCommitStore):
+class SQLiteStore(SQLiteHistory, GroupCommitStore):
     """Documents in one SQLite file (WAL), written by one thread in group commits."""
 
     _driver_errors = (sqlite3.Error, OSError)
@@ -317,6 +321,14 @@ class SQLiteStore(GroupCommitStore):
                     columns = {row[1] for row in db.execute("PRAGMA table_info(collab_updates)")}
                     if "author" not in columns:
                         db.execute("ALTER TABLE collab_updates ADD COLUMN author TEXT")
+                    # Version 2 files: snapshots say which log rows they hold (history).
+                    columns = {row[1] for row in db.execute("PRAGMA table_info(collab_snapshots)")}
+                    if "seq" not in columns:
+                        db.execute(
+                            "ALTER TABLE collab_snapshots ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"
+                        )
+                    for statement in SCHEMA_3:
+                        db.execute(statement)
                 # Always written, so that a read-only file fails here, at open.
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
@@ -451,8 +463,11 @@ class SQLiteStore(GroupCommitStore):
             ).fetchone()
             if still != rows or (snapshot[0] if snapshot else None) != snapshot_at:
                 return False  # compacted or deleted meanwhile (another process?)
-            self._write_snapshot(db, name, state, time.time())
+            now = time.time()
+            seq = self._h_fold(db, name, last_id, now)  # history: keep what goes
+            self._write_snapshot(db, name, state, now)
             self._delete_log(db, name, last_id)
+            self._h_after_compaction(db, name, seq, now)
             left = db.execute(_LOG_TOTALS, (name,)).fetchone()
         self._log_totals[name] = [int(left[0]), int(left[1])]
         return True
@@ -491,6 +506,11 @@ class SQLiteStore(GroupCommitStore):
                 " FROM collab_updates WHERE name = ?",
                 (name,),
             ).fetchone()
+            if snapshot[0] or rows:
+                if self.trash_retention > 0:
+                    self._h_trash(db, name, author, time.time())
+                else:
+                    self._h_forget(db, name, None)
             db.execute("DELETE FROM collab_snapshots WHERE name = ?", (name,))
             db.execute("DELETE FROM collab_updates WHERE name = ?", (name,))
             if snapshot[0] or rows:
