@@ -15,6 +15,11 @@ client's newest record), so the backlog costs about one document's size.
 Only a connection whose backlog still exceeds ``max_queue_bytes``, or
 whose socket has accepted nothing for ``stall_timeout`` seconds, is
 closed with 1013 (try again later).
+
+The answer to a sync step 1 may come in pieces (a big document, issue #16):
+each piece goes out only once the previous one was written, behind whatever
+was queued meanwhile, so presence, live updates and keepalives still flow
+while a joiner downloads a 70 MB document.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import itertools
 import logging
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from pycrdt import merge_updates
 
@@ -48,7 +53,21 @@ class _Kind(enum.Enum):
     AWARENESS = enum.auto()
     #: The answer to a sync step 1, encoded when it is sent (payload: the state vector).
     STEP2 = enum.auto()
+    #: An answer in pieces, sent one at a time (``frames``, from ``next`` on).
+    PIECES = enum.auto()
     OTHER = enum.auto()
+
+
+#: The frames answering a sync step 1: one sync step 2 (a frame, or a list of
+#: one), or sync updates ending with a sync step 2; a future when they are
+#: being computed aside.
+Pieces: TypeAlias = "Sequence[bytes] | asyncio.Future[Sequence[bytes]]"
+Step2Answer: TypeAlias = "bytes | Pieces"
+
+#: The no-op awareness update (no entries): keeps a stock client's 30 s
+#: "nothing received" timer from firing while it uploads (y-websocket #203);
+#: y-protocols applies it without an event.
+KEEPALIVE = b"\x01\x01\x00"
 
 
 @dataclass(slots=True)
@@ -56,10 +75,9 @@ class _Item:
     kind: _Kind
     frame: bytes
     payload: bytes = b""
-    answer: Callable[[bytes], bytes] | None = None
-
-    def encoded(self) -> bytes:
-        return self.frame if self.answer is None else self.answer(self.payload)
+    answer: Callable[[bytes], Step2Answer] | None = None
+    frames: Pieces = ()
+    next: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +166,7 @@ class Connection:
         "_channel",
         "_closed",
         "_finished",
+        "_keepalive",
         "_limits",
         "_loop",
         "_pinged_at",
@@ -156,6 +175,7 @@ class Connection:
         "_rate_bytes",
         "_rate_messages",
         "_sending_since",
+        "_sent_at",
         "_traffic",
         "_writer",
         "can_write",
@@ -163,6 +183,7 @@ class Connection:
         "close_reason",
         "collapses",
         "doc",
+        "keepalives",
         "expires",
         "id",
         "last_seen",
@@ -181,6 +202,7 @@ class Connection:
         traffic: Traffic | None = None,
         can_write: bool = True,
         principal: Principal = ANONYMOUS,
+        keepalive: float | None = 10.0,
     ) -> None:
         self.id = next(_ids)
         #: Who the connection acts for (hooks, logs and attribution name it).
@@ -192,6 +214,8 @@ class Connection:
         self.expires: float | None = None
         #: How often a backlog was merged (a sign of a slow reader).
         self.collapses = 0
+        #: No-op awareness frames sent to keep an idle client's timer alive.
+        self.keepalives = 0
         self.close_code: int | None = None
         self.close_reason = ""
         self._channel = channel
@@ -204,7 +228,9 @@ class Connection:
         self._sending_since: float | None = None
         self._loop = asyncio.get_running_loop()
         self._traffic = traffic or Traffic()
-        now = self.last_seen = self._loop.time()
+        now = self.last_seen = self._sent_at = self._loop.time()
+        #: Seconds without a frame sent after which the no-op awareness frame goes out.
+        self._keepalive = keepalive
         #: When the unanswered ping went out (None: none is outstanding).
         self._pinged_at: float | None = None
         self._rate_messages: TokenBucket | None = None
@@ -275,6 +301,13 @@ class Connection:
         self._check_stalled()
         if self.closed:
             return
+        keepalive = self._keepalive
+        if keepalive is not None and self._writer is None and now - self._sent_at >= keepalive:
+            # Pings never reach a browser's JavaScript: only a message resets
+            # the stock client's timer, and a client busy uploading a big
+            # update receives nothing else (issue #16).
+            self.send(KEEPALIVE)
+            self.keepalives += 1
         if self._pinged_at is not None:
             if now - self._pinged_at >= interval / 2:
                 # A half-open socket would never complete a closing handshake.
@@ -304,8 +337,11 @@ class Connection:
         """Send an awareness frame; ``payload`` lets a backlog be merged."""
         self._enqueue(_Item(_Kind.AWARENESS, frame, payload))
 
-    def send_step2(self, state_vector: bytes, answer: Callable[[bytes], bytes]) -> None:
+    def send_step2(self, state_vector: bytes, answer: Callable[[bytes], Step2Answer]) -> None:
         """Answer a sync step 1 with ``answer(state_vector)``, computed when it can be sent.
+
+        The answer may be several frames: they are sent one by one, each after
+        the previous one was written and behind what was queued meanwhile.
 
         At most one answer waits per connection: a later step 1 replaces the
         state vector of the waiting one (a step 2 holds the whole difference,
@@ -324,7 +360,17 @@ class Connection:
         if self.closed:
             return
         if self._writer is None:
-            self._send_now(item.encoded())
+            if item.kind is _Kind.STEP2:
+                item = _answered(item)
+                if item.kind is _Kind.PIECES:
+                    # In pieces or computed aside: a writer task sends them.
+                    self._queue = deque([item])
+                    self._sending_since = self._loop.time()
+                    self._writer = self._loop.create_task(
+                        self._drain(None, b""), name=f"collab-writer-{self.id}"
+                    )
+                    return
+            self._send_now(item.frame)
             return
         queue = self._queue
         if queue is None:
@@ -357,6 +403,7 @@ class Connection:
         )
 
     def _sent(self, frame: bytes) -> None:
+        self._sent_at = self._loop.time()
         self._traffic.messages_out += 1
         self._traffic.bytes_out += len(frame)
 
@@ -364,18 +411,34 @@ class Connection:
         log.debug("send to %s failed: %r", self.peer, exc)
         self.close(CloseCode.GOING_AWAY, "send failed", abnormal=True)
 
-    async def _drain(self, in_flight: Awaitable[None], frame: bytes) -> None:
+    async def _drain(self, in_flight: Awaitable[None] | None, frame: bytes) -> None:
         """Finish the suspended send, then everything queued behind it."""
         try:
-            await in_flight
-            self._sent(frame)
+            if in_flight is not None:
+                await in_flight
+                self._sent(frame)
             while self._queue:
                 item = self._queue.popleft()
                 self._queued_bytes -= len(item.frame)
                 self._sending_since = self._loop.time()
-                frame = item.encoded()
+                more = False
+                if item.kind is _Kind.STEP2:
+                    item = _answered(item)
+                if item.kind is _Kind.PIECES:
+                    frames = item.frames
+                    if isinstance(frames, asyncio.Future):
+                        # Shared by the joiners of one version: never cancel it.
+                        frames = item.frames = await asyncio.shield(frames)
+                    frame = frames[item.next]
+                    item.next += 1
+                    more = item.next < len(frames)
+                else:
+                    frame = item.frame
                 await self._channel.send(frame)
                 self._sent(frame)
+                if more and self._queue is not None and not self.closed:
+                    # The next piece goes behind what was queued meanwhile.
+                    self._queue.append(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the peer went away mid-send
@@ -398,7 +461,7 @@ class Connection:
         """Merge queued updates and awareness so the backlog stops growing."""
         updates = [i.payload for i in queue if i.kind is _Kind.UPDATE]
         awareness = [i.payload for i in queue if i.kind is _Kind.AWARENESS]
-        items = [i for i in queue if i.kind is _Kind.OTHER or i.kind is _Kind.STEP2]
+        items = [i for i in queue if i.kind is not _Kind.UPDATE and i.kind is not _Kind.AWARENESS]
         if updates:
             merged = updates[0] if len(updates) == 1 else merge_updates(*updates)
             items.append(_Item(_Kind.UPDATE, protocol.sync_update(merged), merged))
@@ -452,6 +515,19 @@ class Connection:
         """Record that the peer closed the socket (called by the transport)."""
         if not self.closed:
             self.close(code if code is not None else 1006, "peer closed", abnormal=True)
+
+
+def _answered(item: _Item) -> _Item:
+    """A STEP2 item with its answer: one frame to send as it is, or pieces."""
+    assert item.answer is not None
+    frames = item.answer(item.payload)
+    if isinstance(frames, bytes):
+        return _Item(_Kind.OTHER, frames)
+    if isinstance(frames, asyncio.Future):
+        return _Item(_Kind.PIECES, b"", frames=frames)
+    if len(frames) == 1:
+        return _Item(_Kind.OTHER, frames[0])
+    return _Item(_Kind.PIECES, b"", frames=frames)
 
 
 async def _ignore_errors(rest: Awaitable[None]) -> None:

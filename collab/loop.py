@@ -109,7 +109,7 @@ async def serve(
                             continue
                         if conn.closed or conn not in room.connections:
                             return
-                    room.handle(conn, frame, message)
+                    room.receive(conn, frame, message)
                 except ProtocolError as exc:
                     metrics.refused(exc.code.name.lower())
                     conn.close(exc.code, exc.reason)

@@ -7,6 +7,15 @@ one, so the room needs no locks.  Sockets and SQL live elsewhere.
 Broadcasts are coalesced: the updates applied during one event-loop turn
 are merged and sent by one ``call_soon`` callback, encoded once for all
 receivers (plus once per sender, which must not get its own change back).
+
+Ingest is coalesced too (issue #16): appending to a big document costs yrs
+time proportional to the document per applied update, so the updates a
+connection sends during one turn (``receive``) are merged and applied as
+one, per sender (attribution, refusal and limits stay per connection).
+
+A joiner whose answer is bigger than ``RoomLimits.sync_chunk_bytes`` gets it
+in pieces (``collab/chunking.py``): sync updates, then a sync step 2 with
+the last piece, so the stock client reports ``synced`` only at the end.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from typing import Any, Protocol, TypeAlias
 from pycrdt import ContentAttribute, Doc, IdMap, IdSet, TransactionEvent, get_update, merge_updates
 
 from . import protocol
+from .chunking import SplitError, split_update
 from .closecodes import CloseCode
-from .connection import Connection, TokenBucket
+from .connection import Connection, Step2Answer, TokenBucket
 from .metrics import Metrics
 from .origins import LOCAL, STORE, LocalOrigin, PeerOrigin, ServerOrigin, StoreOrigin
 from .presence import Owner, Presence
@@ -73,6 +83,13 @@ _EMPTY_STATE_VECTOR = b"\x00"
 #: Answers to distinct non-empty state vectors kept until the next change.
 _STEP2_CACHE_SIZE = 8
 
+#: Answers at least this big are split in a thread, not on the event loop
+#: (the splitter reads every struct in Python: ~20 ms per MB of pastes).
+SPLIT_ASIDE_BYTES = 2 * 1024 * 1024
+
+#: Updates one connection may have waiting to be applied in one turn.
+INBOX_MAX_UPDATES = 256
+
 
 @dataclass(frozen=True, slots=True)
 class RoomLimits:
@@ -103,6 +120,9 @@ class RoomLimits:
     max_doc_memory: int = 1024 * 1024 * 1024
     #: How deeply shared types and JSON values may nest (1007 beyond it).
     max_depth: int = protocol.MAX_DEPTH
+    #: A joiner's answer bigger than this goes out in pieces of at most this
+    #: size (one item bigger than that stays whole); 0 sends it in one frame.
+    sync_chunk_bytes: int = 256 * 1024
 
 
 class _Member(Owner):
@@ -175,9 +195,16 @@ class Room:
         self._pending: list[tuple[bytes, Origin]] = []
         self._pending_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
-        self._full_step2: bytes | None = None
+        #: Updates received this turn, by sender, applied merged (``receive``).
+        self._inbox: dict[Connection, list[bytes]] = {}
+        self._inbox_bytes = 0
+        self._inbox_handle: asyncio.Handle | None = None
+        #: Bumped by every change: answers computed aside are cached only if
+        #: the document did not change meanwhile.
+        self._version = 0
+        self._full_step2: Step2Answer | None = None
         #: Step 2 answers by state vector, shared by connections that send the same one.
-        self._step2s: dict[bytes, bytes] = {}
+        self._step2s: dict[bytes, Step2Answer] = {}
         self._doc_sub = self.doc.observe(self._on_change)
 
     def __repr__(self) -> str:
@@ -200,8 +227,10 @@ class Room:
     async def close(self, *, flush: bool = True) -> None:
         """Stop background work; ``flush=False`` drops unsent changes (deletion)."""
         if flush:
+            self._integrate()
             self._flush()
         else:
+            self._drop_inbox()
             self._pending.clear()
         self.doc.unobserve(self._doc_sub)
 
@@ -219,6 +248,7 @@ class Room:
 
     def flush(self) -> None:
         """Send and store this turn's changes now instead of at the end of the turn."""
+        self._integrate()
         self._flush()
 
     def join(self, conn: Connection) -> None:
@@ -231,6 +261,8 @@ class Room:
 
     def leave(self, conn: Connection) -> None:
         """Remove a connection and the presence it introduced."""
+        if conn in self._inbox:
+            self._integrate()  # what it sent before it left counts
         member = self.connections.pop(conn, None)
         if member is None:
             return
@@ -248,6 +280,57 @@ class Room:
     def decode(self, frame: bytes) -> protocol.Message:
         """Parse a client's frame within this room's bounds; ``ProtocolError`` if it is bad."""
         return protocol.decode(frame, awareness_bounds=self._limits.awareness)
+
+    def receive(
+        self, conn: Connection, frame: bytes, message: protocol.Message | None = None
+    ) -> None:
+        """Act on one frame from ``conn`` like ``handle``, but apply its updates at
+        the end of the turn, merged with the others it sent in the same turn.
+
+        A refusal found then (a bad update, a limit) closes ``conn`` with its
+        code; its earlier turns stay applied, as they would one by one.
+        """
+        if message is None:
+            message = self.decode(frame)
+        if (
+            not isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate))
+            or not conn.can_write
+            or message.update == protocol.EMPTY_UPDATE
+        ):
+            self.handle(conn, frame, message)
+            return
+        queued = self._inbox.get(conn)
+        if queued is None:
+            queued = self._inbox[conn] = []
+        queued.append(message.update)
+        self._inbox_bytes += len(message.update)
+        if len(queued) >= INBOX_MAX_UPDATES or self._inbox_bytes >= FLUSH_MAX_BYTES:
+            self._integrate()  # bounds what waits, and the merge
+        elif self._inbox_handle is None:
+            self._inbox_handle = self._loop.call_soon(self._integrate)
+
+    def _integrate(self) -> None:
+        """Apply what each connection sent this turn, one merged update per sender."""
+        if self._inbox_handle is not None:
+            self._inbox_handle.cancel()
+            self._inbox_handle = None
+        if not self._inbox:
+            return
+        inbox, self._inbox, self._inbox_bytes = self._inbox, {}, 0
+        for conn, updates in inbox.items():
+            try:
+                self.apply_update(_merge_received(updates), conn)
+            except ProtocolError as exc:
+                if self._metrics is not None:
+                    self._metrics.refused(exc.code.name.lower())
+                conn.close(exc.code, exc.reason)
+
+    def _drop_inbox(self) -> None:
+        if self._inbox_handle is not None:
+            self._inbox_handle.cancel()
+            self._inbox_handle = None
+        self._inbox.clear()
+        self._inbox_bytes = 0
 
     def handle(
         self, conn: Connection, frame: bytes, message: protocol.Message | None = None
@@ -476,19 +559,48 @@ class Room:
                 raise ProtocolError(CloseCode.INVALID_DATA, f"bad state vector: {exc}") from None
         conn.send_step2(state_vector, self._step2_for)
 
-    def _step2_for(self, state_vector: bytes) -> bytes:
+    def _step2_for(self, state_vector: bytes) -> Step2Answer:
+        self._integrate()  # what arrived this turn is part of the answer
         if state_vector == _EMPTY_STATE_VECTOR:
             # Many joiners at once share one encoding of the whole document.
             if self._full_step2 is None:
-                self._full_step2 = protocol.sync_step2(self.doc.get_update())
+                self._full_step2 = self._answer(self.doc.get_update(), None)
             return self._full_step2
         answer = self._step2s.get(state_vector)
         if answer is None:
-            answer = protocol.sync_step2(self.doc.get_update(state_vector))
+            answer = self._answer(self.doc.get_update(state_vector), state_vector)
             if len(self._step2s) >= _STEP2_CACHE_SIZE:
                 del self._step2s[next(iter(self._step2s))]
             self._step2s[state_vector] = answer
         return answer
+
+    def _answer(self, update: bytes, state_vector: bytes | None) -> Step2Answer:
+        """``update`` as the frames answering a sync step 1: in pieces when it is big.
+
+        A big update is split in a thread: the answer is then a future, cached
+        like the frames it becomes (the joiners of a storm share one split),
+        and replaced by them when it completes if the document did not change.
+        """
+        limit = self._limits.sync_chunk_bytes
+        if not limit or len(update) <= limit:
+            return protocol.sync_step2(update)
+        if len(update) < SPLIT_ASIDE_BYTES:
+            return _pieces_as_frames(self.name, update, limit)
+        version = self._version
+        future = self._loop.run_in_executor(None, _pieces_as_frames, self.name, update, limit)
+
+        def done(future: asyncio.Future[Sequence[bytes]]) -> None:
+            if future.cancelled() or future.exception() is not None or self._version != version:
+                return
+            frames = future.result()
+            if state_vector is None:
+                if self._full_step2 is future:
+                    self._full_step2 = frames
+            elif self._step2s.get(state_vector) is future:
+                self._step2s[state_vector] = frames
+
+        future.add_done_callback(done)
+        return future
 
     def _all_presence(self) -> tuple[bytes, bytes]:
         """(frame, payload) of every presence state, encoded once per change."""
@@ -547,6 +659,7 @@ class Room:
         update: bytes = event.update
         if update == protocol.EMPTY_UPDATE:
             return
+        self._version += 1
         self._full_step2 = None
         if self._step2s:
             self._step2s.clear()
@@ -651,3 +764,30 @@ _SMALL_DELETE_SET = 16 * 1024
 
 def _merge(updates: list[bytes]) -> bytes:
     return updates[0] if len(updates) == 1 else merge_updates(*updates)
+
+
+def _merge_received(updates: list[bytes]) -> bytes:
+    """A sender's updates of one turn as one; ``ProtocolError`` if one is not an update."""
+    if len(updates) == 1:
+        return updates[0]
+    try:
+        return merge_updates(*updates)
+    except Exception as exc:
+        raise ProtocolError(CloseCode.INVALID_DATA, f"update refused: {exc}") from None
+    except BaseException as exc:
+        # yrs may panic on crafted bytes; pyo3 raises that as a BaseException.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ProtocolError(CloseCode.INVALID_DATA, "update refused: decoder panic") from None
+
+
+def _pieces_as_frames(name: str, update: bytes, limit: int) -> Sequence[bytes]:
+    """The frames of a chunked answer: sync updates, then the last piece as sync step 2."""
+    try:
+        pieces = split_update(update, limit)
+    except SplitError as exc:  # an encoding this module cannot read: send it whole
+        log.warning("could not split the answer for %r (%s): sent whole", name, exc)
+        return [protocol.sync_step2(update)]
+    frames = [protocol.sync_update(piece) for piece in pieces[:-1]]
+    frames.append(protocol.sync_step2(pieces[-1]))
+    return frames
