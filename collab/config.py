@@ -181,6 +181,13 @@ class Settings:
         "largest WebSocket message accepted; bigger ones close the socket with 1009",
         metavar="BYTES",
     )
+    sync_chunk_bytes: int = _setting(
+        256 * 1024,
+        "a joiner's initial sync bigger than this is sent in pieces of at most this "
+        "size, so a slow link never goes 30 s without a message (the stock client "
+        "reconnects then); 0 sends it in one message",
+        metavar="BYTES",
+    )
     heartbeat: float = _setting(
         30.0,
         "seconds of silence after which a connection is pinged; one that does not "

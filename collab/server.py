@@ -294,6 +294,7 @@ def room_limits(settings: Settings) -> RoomLimits:
         max_waiting_bytes=settings.max_waiting_bytes,
         max_doc_memory=settings.max_doc_memory,
         max_depth=settings.max_nesting,
+        sync_chunk_bytes=settings.sync_chunk_bytes,
     )
 
 
