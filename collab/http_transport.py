@@ -639,16 +639,29 @@ async def send_handler(request: web.Request) -> web.Response:
     name = document_name(request)
     sid = request.query.get("sid") or ""
     seq = _number(request.headers.get("Collab-Seq"))
-    body = await _read_body(request, hub.post_max)
+    session = hub.get(sid, name)
     max_frame = request.app[SETTINGS].max_message_size
     try:
+        body = await _read_body(request, hub.post_max)
         frames = decode_frames(body, max_frame)
-    except FramingError as exc:
-        request.app[METRICS].refused("message_too_big" if "limit" in str(exc) else "bad_body")
-        if "limit" in str(exc):
-            raise error(413, "too_large", str(exc), CloseCode.MESSAGE_TOO_BIG) from None
-        raise error(400, "bad_body", str(exc), CloseCode.PROTOCOL_ERROR) from None
-    session = hub.get(sid, name)
+    except (web.HTTPException, FramingError) as exc:
+        # As a WebSocket is closed for an oversized or malformed frame, so is the session.
+        code: int
+        status: int
+        if isinstance(exc, web.HTTPException):
+            code, status, reason = (
+                CloseCode.MESSAGE_TOO_BIG,
+                413,
+                f"body above {hub.post_max} bytes",
+            )
+        elif "limit" in str(exc):
+            code, status, reason = CloseCode.MESSAGE_TOO_BIG, 413, str(exc)
+        else:
+            code, status, reason = CloseCode.PROTOCOL_ERROR, 400, str(exc)
+        request.app[METRICS].refused("message_too_big" if status == 413 else "bad_body")
+        if session is not None and session.conn is not None:
+            session.conn.close(code, reason)
+        raise error(status, "too_large" if status == 413 else "bad_body", reason, code) from None
     if session is not None and session.ended is None:
         reply, _ = await session.post(seq, frames)
         if session.ended is not None and session.ended != EXPIRED:
@@ -683,7 +696,6 @@ def _octets(body: bytes) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     """The body, or 413 (with the close code a WebSocket gets) past ``limit``."""
     if request.content_length is not None and request.content_length > limit:
-        request.app[METRICS].refused("message_too_big")
         raise error(413, "too_large", f"body above {limit} bytes", CloseCode.MESSAGE_TOO_BIG)
     chunks = []
     size = 0
@@ -693,7 +705,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             break
         size += len(chunk)
         if size > limit:
-            request.app[METRICS].refused("message_too_big")
             raise error(413, "too_large", f"body above {limit} bytes", CloseCode.MESSAGE_TOO_BIG)
         chunks.append(chunk)
     return b"".join(chunks)
