@@ -138,14 +138,14 @@ async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_e
     assert (
         await preview(page, "#history-panel .history-sessions li:last-child .history-point") == then
     )
-    added = await page.locator("#history-preview .diff-insert").all_inner_texts()
+    added = await page.locator("#history-preview .history-text .diff-insert").all_inner_texts()
     assert "".join(added) == now[len(then) :], added  # what was typed since is marked
-    assert await page.locator("#history-preview .diff-delete").count() == 0
+    assert await page.locator("#history-preview .history-text .diff-delete").count() == 0
     assert "added" in await page.locator("#history-preview .history-summary").inner_text()
     await snap(page, "preview-1280")
 
     await page.locator("#history-preview .history-restore").click()
-    dialog = page.locator("dialog.dialog")
+    dialog = page.get_by_role("dialog", name="Restore this version?")
     await dialog.get_by_role("button", name="Restore").click()
     await dialog.wait_for(state="detached")
     # The server applies it as a forward update: both editors get it through the sync.
@@ -178,7 +178,7 @@ async def test_a_named_version_is_listed_after_a_reload_opens_as_it_was_and_can_
     await open_history(page)
 
     await page.locator("#history-panel .history-save").click()
-    dialog = page.locator("dialog.dialog")
+    dialog = page.get_by_role("dialog", name="Save a version")
     await dialog.locator("input").fill("Before review")
     await dialog.locator("input").press("Enter")
     await dialog.wait_for(state="detached")
@@ -196,13 +196,17 @@ async def test_a_named_version_is_listed_after_a_reload_opens_as_it_was_and_can_
         await preview(again.page, "#history-panel .history-versions .history-point")
         == "Chapter one."
     )
-    assert await again.page.locator("#history-preview .diff-insert").all_inner_texts() == [
-        " Chapter two."
-    ]
+    assert await again.page.locator(
+        "#history-preview .history-text .diff-insert"
+    ).all_inner_texts() == [" Chapter two."]
     await snap(again.page, "version-1280")
 
     await again.page.get_by_role("button", name="Delete the version “Before review”").click()
-    await again.page.locator("dialog.dialog").get_by_role("button", name="Delete").click()
+    await (
+        again.page.get_by_role("dialog", name="Delete this version?")
+        .get_by_role("button", name="Delete")
+        .click()
+    )
     await listed.first.wait_for(state="detached")
     assert await again.page.locator("#history-preview").is_hidden()
     third = await open_tab(browser, server.http_url, "book")
@@ -308,8 +312,9 @@ async def test_a_restore_refused_as_thinned_tells_to_pick_a_nearby_point(
         == "One. "
     )
     await page.locator("#history-preview .history-restore").click()
-    await page.locator("dialog.dialog").get_by_role("button", name="Restore").click()
-    await page.locator("dialog.dialog").wait_for(state="detached")
+    dialog = page.get_by_role("dialog", name="Restore this version?")
+    await dialog.get_by_role("button", name="Restore").click()
+    await dialog.wait_for(state="detached")
     for where in ("#history-panel", "#history-preview"):
         said = await page.locator(f"{where} .history-error").inner_text()
         assert "no longer kept" in said and "nearby point" in said, said

@@ -101,10 +101,11 @@ export function websocketBase () {
 
 /** A refused API call: the HTTP status and the server's stable error code and message. */
 export class ApiError extends Error {
-  constructor (status, code, message) {
+  constructor (status, code, message, details = {}) {
     super(message || `HTTP ${status}`)
     this.status = status
     this.code = code
+    this.details = details // the rest of the JSON body (a 409's `nearest`)
   }
 }
 
@@ -113,12 +114,14 @@ async function errorOf (response) {
   const body = (await response.text().catch(() => '')).trim()
   let code = null
   let message = body
+  let details = {}
   try {
     const parsed = JSON.parse(body)
     code = parsed.error || null
     message = parsed.message || parsed.error || body
+    if (parsed && typeof parsed === 'object') details = parsed
   } catch {}
-  return new ApiError(response.status, code, message || `${response.status} ${response.statusText}`)
+  return new ApiError(response.status, code, message || `${response.status} ${response.statusText}`, details)
 }
 
 /**

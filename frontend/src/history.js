@@ -110,13 +110,18 @@ export function problem (err, doing) {
       retry: true
     }
   }
-  if (err.status === 409 || err.code === 'history_thinned') {
+  if (err.code === 'history_thinned') {
+    const nearest = err.details?.nearest
     return {
       title: 'That exact point is no longer kept',
       text: 'History this old has been thinned to hourly and then daily checkpoints, so the precision you asked for is gone. ' +
         'Pick a nearby point in the list: the points shown there can still be opened and restored.',
-      retry: false
+      retry: false,
+      nearest: nearest && nearest.seq != null ? { seq: Number(nearest.seq), at: nearest.at ?? null } : null
     }
+  }
+  if (err.code === 'restore_in_progress') {
+    return { title: 'This restore is still running', text: 'Wait a moment, then try again: it is applied once.', retry: true }
   }
   if (err.code === 'read_only' || (err.status === 403 && /read/i.test(err.message || ''))) {
     return {
@@ -433,6 +438,13 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
 
   const keyOf = (point) => point.kind === 'version' ? `v:${point.version.id}` : `s:${point.session.from_seq}`
 
+  /** A point the server named (a 409's nearest): the listed session that ends there, if shown. */
+  function nearestPoint ({ seq, at }) {
+    const session = state.sessions.find((s) => Number(s.to_seq) === seq) ||
+      { from_seq: seq, to_seq: seq, from_at: at, to_at: at, authors: [], updates: 0, bytes: 0, thinned: true }
+    return { kind: 'session', seq, session }
+  }
+
   function render () {
     const writer = canWrite()
     saveButton.hidden = !writer
@@ -498,8 +510,10 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
             timeEl(to),
             latest ? h('span', { class: 'tag' }, 'latest') : null,
             h('span', { class: 'history-span muted' }, span(from, to, now))),
-          h('span', { class: 'history-authors' }, authorsText(session.authors)),
-          h('span', { class: 'history-size muted' }, sizeText(session))))
+          session.thinned
+            ? h('span', { class: 'history-authors muted' }, 'Checkpoint kept from older history')
+            : [h('span', { class: 'history-authors' }, authorsText(session.authors)),
+                h('span', { class: 'history-size muted' }, sizeText(session))]))
     }))
     moreButton.hidden = state.next == null || !state.loaded
     moreButton.disabled = state.loading
@@ -512,6 +526,14 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     if (!error) { box.replaceChildren(); return }
     const parts = [h('p', { class: 'history-error-title' }, error.title), h('p', {}, error.text)]
     if (error.again && error.retry) parts.push(h('button', { type: 'button', class: 'button', onclick: error.again }, 'Try again'))
+    if (error.nearest) {
+      const at = parse(error.nearest.at)
+      parts.push(h('button', {
+        type: 'button',
+        class: 'button history-nearest',
+        onclick: () => select(nearestPoint(error.nearest))
+      }, `Open the nearest point kept${at ? ` (${day(at)} ${clock.format(at)})` : ''}`))
+    }
     box.replaceChildren(...parts)
   }
 
@@ -528,7 +550,9 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     const to = parse(point.session.to_at)
     return {
       title: to ? `As of ${day(to)} ${clockSeconds.format(to)}` : `As of change ${point.seq}`,
-      meta: `after changes by ${authorsText(point.session.authors)} · ${ago(to)}`
+      meta: point.session.thinned
+        ? `a checkpoint kept from older history · ${ago(to)}`
+        : `after changes by ${authorsText(point.session.authors)} · ${ago(to)}`
     }
   }
 
@@ -587,7 +611,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
       previewText.replaceChildren()
       showError(previewError, { ...problem(err, 'open this version'), again: () => select(point) })
       preview.dataset.state = 'error'
-      if (err instanceof ApiError && err.status === 409 && generation === state.generation) reload()
+      if (err instanceof ApiError && err.code === 'history_thinned' && generation === state.generation) reload()
     }
     renderPreviewActions()
   }
@@ -714,7 +738,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
           })
         } catch (err) {
           // Trying again cannot help: the dialog closes and the panel says what to do.
-          if (err instanceof ApiError && err.status === 409) { thinned = err; return }
+          if (err instanceof ApiError && err.code === 'history_thinned') { thinned = err; return }
           const said = problem(err, 'restore')
           throw new Error(`${said.title}. ${said.text}`)
         }
