@@ -19,7 +19,7 @@ from tests.conftest import ClientFactory, ServerFactory
 from tests.helpers import eventually, text_of
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def history_store(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A durable store URL: a SQLite file, or a fresh PostgreSQL database."""
     if request.param == "sqlite":

@@ -430,7 +430,7 @@ async def test_a_version_1_postgres_schema_is_upgraded_in_place(postgres_url: st
         assert text_of(await store.load("doc")) == str(editor)
     async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
         cur = await conn.execute("SELECT MAX(version) FROM collab_schema")
-        assert await cur.fetchone() == (2,)
+        assert await cur.fetchone() == (3,)
 
 
 # -- several processes -----------------------------------------------------------------

@@ -87,12 +87,13 @@ from .group import (
     Pending,
 )
 from .merge import PROCESS_BYTES
+from .postgres_history import LOCK_EVENTS, SCHEMA_3, PostgresHistory
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("collab.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Advisory lock key serializing schema creation between processes.
 _SCHEMA_LOCK = 0x636F6C6C  # "coll"
@@ -102,6 +103,7 @@ _SCHEMA_LOCK = 0x636F6C6C  # "coll"
 _LOCKS = 0x636F6C6C
 _LEAD = 0x636F6C6D
 _LOCK_EVENTS = f"SELECT pg_advisory_xact_lock({_LOCKS}, 1)"
+assert _LOCK_EVENTS == LOCK_EVENTS  # postgres_history.py writes doc.restored events too
 #: Rows one prune statement deletes at most.
 _PRUNE_CHUNK = 5000
 
@@ -213,7 +215,7 @@ SELECT name, SUM(size)::bigint, SUM(n)::bigint, EXTRACT(EPOCH FROM MAX(t))::floa
 _LOCK_DOC = "SELECT pg_advisory_xact_lock(hashtext(%s))"
 
 
-class PostgresStore(GroupCommitStore):
+class PostgresStore(PostgresHistory, GroupCommitStore):
     """Documents in PostgreSQL via a psycopg 3 async connection pool."""
 
     _driver_errors = (psycopg.Error, OSError)
@@ -296,6 +298,9 @@ class PostgresStore(GroupCommitStore):
                         await conn.execute(statement)
                 if version < 2:
                     for statement in _SCHEMA_2:
+                        await conn.execute(statement)
+                if version < 3:
+                    for statement in SCHEMA_3:
                         await conn.execute(statement)
                 if version < SCHEMA_VERSION:
                     await conn.execute(
@@ -390,8 +395,10 @@ class PostgresStore(GroupCommitStore):
                 still is None or still[0] != len(ids)
             ):
                 return False  # another process compacted or deleted it meanwhile
+            seq = await self._h_fold(conn, name, ids)  # history: keep what goes
             await self._write_snapshot(conn, name, state, time.time())
             await self._delete_log(conn, ids)
+            await self._h_after_compaction(conn, name, seq)
         return True
 
     # Separate steps so that a test can fail one inside the transaction.
@@ -415,6 +422,17 @@ class PostgresStore(GroupCommitStore):
     async def _backend_delete(self, name: str, author: str | None) -> StoredEvent | None:
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(_LOCK_DOC, [name])
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM collab_snapshots WHERE name = %(n)s)"
+                " OR EXISTS (SELECT 1 FROM collab_updates WHERE name = %(n)s)",
+                {"n": name},
+            )
+            live = await cur.fetchone()
+            if live is not None and live[0]:
+                if self.trash_retention > 0:
+                    await self._h_trash(conn, name, author, time.time())
+                else:
+                    await self._h_forget(conn, name, None)
             cur = await conn.execute(
                 "WITH d AS (DELETE FROM collab_snapshots WHERE name = %s"
                 " RETURNING octet_length(snapshot) AS n)"
