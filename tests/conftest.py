@@ -103,7 +103,9 @@ async def event_loop_is_never_blocked() -> AsyncIterator[None]:
 POSTGRES_URL = os.environ.get("COLLAB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 TABLES = (
     "collab_snapshots, collab_updates, collab_schema, collab_events,"
-    " collab_webhook_cursors, collab_webhook_deliveries, collab_webhook_endpoints"
+    " collab_webhook_cursors, collab_webhook_deliveries, collab_webhook_endpoints,"
+    " collab_history, collab_checkpoints, collab_versions, collab_trash, collab_history_meta,"
+    " collab_idempotency"
 )
 
 
