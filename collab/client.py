@@ -36,8 +36,8 @@ log = logging.getLogger("collab.client")
 
 #: Seconds one connection attempt (TCP, TLS and the upgrade) may take.
 ATTEMPT_TIMEOUT = 10.0
-#: What ``transport=`` may be.
-TRANSPORTS = ("auto", "websocket", "http")
+#: What ``transport=`` may be: "sse" and "poll" pin one HTTP tier.
+TRANSPORTS = ("auto", "websocket", "http", "sse", "poll")
 #: More time for an attempt on the stream, which waits up to 5 s for its open event.
 OPEN_GRACE = 5.0
 
@@ -169,7 +169,7 @@ class Session:
         #: "auto", "websocket" or "http": what may be used.
         self._mode = transport
         #: The tier to try first: "websocket", then "sse" or "poll" once fallen back.
-        self._tier = "sse" if transport == "http" else "websocket"
+        self._tier = {"http": "sse", "sse": "sse", "poll": "poll"}.get(transport, "websocket")
         #: The tier of the current (or last) connection: "websocket", "sse" or "poll".
         self.transport: str | None = None
         self._link: Link | None = None
@@ -405,6 +405,8 @@ class Session:
                 self.transport = "sse"
                 return link
             except Buffered:
+                if self._mode == "sse":
+                    raise TimeoutError("the stream's open event did not come") from None
                 log.warning("%s: the stream is buffered on the way: long-polling", self.name)
                 self._tier = "poll"
         link = await self._attempt(HttpLink.open(self._http, self.url, "poll", self._headers))

@@ -552,6 +552,8 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
     token = session.attach(request.transport)
     try:
         while True:
+            if session.attached is not token:
+                break  # another stream took over, or the client left
             frames = session.after(cursor)
             if frames:
                 cursor = frames[-1][0]
@@ -566,8 +568,6 @@ async def sse_handler(request: web.Request) -> web.StreamResponse:
                 code, reason = session.ended
                 await response.write(_event("close", {"code": code, "reason": reason}))
                 break
-            if session.attached is not token:
-                break  # another stream took over, or the client left
             await session.wait()
     except (ConnectionError, RuntimeError):  # the client left mid-write
         pass

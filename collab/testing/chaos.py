@@ -45,9 +45,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 from pycrdt import Doc, Map, Text, TextEvent
 
 from collab.client import Session
+from collab.client_links import http_urls
 
 from .converge import ConvergenceError, converged
 from .netem import Direction, NetemProxy
@@ -177,6 +179,9 @@ class ChaosConfig:
     rate: float = 5.0
     converge_timeout: float = 60.0
     progress: bool | None = None  # None: when stderr is a terminal
+    #: Clients over the HTTP fallback (half SSE, half long-poll); None: a quarter
+    #: of them when the server offers it (/transport/probe), else none.
+    http_clients: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +208,8 @@ class ChaosReport:
     schedule: list[FaultEvent] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     reconnects: int = 0
+    #: Clients by the transport they ended on (websocket, sse, poll).
+    transports: Counter[str] = field(default_factory=Counter)
     converged: bool = False
     converge_seconds: float | None = None
     final_chars: int = 0
@@ -230,6 +237,7 @@ class ChaosReport:
         data["ok"] = self.ok
         data["edits"] = dict(self.edits)
         data["faults"] = dict(self.faults)
+        data["transports"] = dict(self.transports)
         data["lost_count"] = len(self.lost)
         return data
 
@@ -245,6 +253,11 @@ class ChaosReport:
         for kind, why in self.skipped.items():
             rows.append(f"               {kind}: not injected: {why}")
         rows.append(f"reconnects   {self.reconnects:>6}")
+        if self.transports:
+            rows.append(
+                f"transports   {sum(self.transports.values()):>6}  "
+                f"({_counts(self.transports, ('websocket', 'sse', 'poll'))})"
+            )
         if self.converged:
             rows.append(
                 f"converged       yes  in {self.converge_seconds:.2f}s after healing "
@@ -451,6 +464,14 @@ async def run_chaos(
         config.url, seed=config.seed, restart=proxy_restart if restart_hard else None
     )
     await _probe(proxy)
+    http_clients = config.http_clients
+    if http_clients is None:
+        http_clients = config.clients // 4 if await _offers_http(config.url) else 0
+    # Spread over the labels: every k-th client, alternately on the stream and on polls.
+    over_http = {
+        round(j * config.clients / http_clients): ("sse", "poll")[j % 2]
+        for j in range(min(http_clients, config.clients))
+    }
     ledger = _Ledger()
     clients: list[_Client] = []
     observer: Session | None = None
@@ -464,6 +485,7 @@ async def run_chaos(
                 min_backoff=0.05,
                 max_backoff=1.0,
                 heartbeat=CLIENT_HEARTBEAT,
+                transport=over_http.get(i, "websocket"),
             )
             clients.append(
                 _Client(i, session, random.Random(f"{config.seed}/client/{i}"), ledger, config.rate)
@@ -550,6 +572,7 @@ async def run_chaos(
         report.edits = ledger.edits
         report.faults = Counter(proxy.faults)
         report.reconnects = sum(max(0, c.session.connects - 1) for c in clients)
+        report.transports = Counter(c.session.transport or "none" for c in clients)
         return report
     finally:
         for client in clients:
@@ -570,6 +593,21 @@ async def _probe(proxy: NetemProxy, timeout: float = 5.0) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+async def _offers_http(url: str) -> bool:
+    """Whether the server speaks collab's HTTP fallback (any other Yjs server does not)."""
+    urls = http_urls(f"{url.rstrip('/')}/probe")
+    if urls is None:
+        return False
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{urls[0]}transport/probe", timeout=aiohttp.ClientTimeout(total=5)) as r,
+        ):
+            return r.status == 200 and bool((await r.json()).get("ok"))
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        return False
 
 
 def _verdict(
@@ -701,6 +739,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="after healing (60)",
     )
+    parser.add_argument(
+        "--http-clients",
+        type=int,
+        metavar="N",
+        help="clients over the HTTP fallback, half SSE and half long-poll (default: a "
+        "quarter when the server offers it)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument(
         "--schedule", action="store_true", help="print the fault schedule before running"
@@ -748,6 +793,7 @@ def main(args: argparse.Namespace) -> int:
         rate=args.rate,
         converge_timeout=args.converge_timeout,
         progress=args.progress,
+        http_clients=args.http_clients,
     )
     try:
         report = asyncio.run(_main(config, args))

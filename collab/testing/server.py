@@ -163,6 +163,11 @@ class ServerProcess:
         return self._proc is not None and self._proc.returncode is None
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the running server (to read its memory, say)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
