@@ -225,6 +225,13 @@ class History:
                 )
             return seq, point.time
         assert point.seq is not None
+        if oldest is not None and 0 < point.seq < oldest and point.seq <= pruned:
+            raise HistoryError(
+                409,
+                "history_thinned",
+                f"the history of {name!r} before seq {oldest} was thinned away",
+                nearest={"seq": oldest, "at": iso(await store.at_of(name, oldest))},
+            )
         if point.seq > latest or (oldest is not None and point.seq < oldest):
             raise HistoryError(
                 404,

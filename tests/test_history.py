@@ -65,8 +65,10 @@ async def settle(server: InProcessServer, *sessions: Session) -> int:
     return latest
 
 
-async def get_json(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
-    async with http.get(url) as resp:
+async def get_json(
+    http: aiohttp.ClientSession, url: str, status: int = 200, headers: dict[str, str] | None = None
+) -> Any:
+    async with http.get(url, headers=headers) as resp:
         body = await resp.json()
         assert resp.status == status, body
         return body
@@ -202,3 +204,271 @@ async def test_diff_gives_text_ops_and_a_snapshot_pair_that_replays(
     doc: Doc[Any] = Doc(skip_gc=True)
     doc.apply_update(base64.b64decode(diff["update"]))
     assert str(doc.get("text", type=Text)) == "world!"
+
+
+def tokens(secret: str, doc: str, *users: str) -> dict[str, str]:
+    return {u: issue_token(secret, doc, "write", 600, sub=u) for u in users}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_undoing_one_author_removes_only_his_inserts_and_brings_back_what_he_deleted(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    http: aiohttp.ClientSession,
+    history_store: str,
+) -> None:
+    secret = "s" * 40
+    server = await make_server(store=history_store, auth_secret=secret)
+    tok = tokens(secret, "pair", "alice", "bob")
+    alice = await make_client("pair", url=server.ws_url, token=tok["alice"])
+    bob = await make_client("pair", url=server.ws_url, token=tok["bob"])
+    a_text, b_text = alice.text(), bob.text()
+    a_text.insert(0, "alice one. ")
+    seq_t = await settle(server, alice, bob)
+    b_text.insert(0, "[bob]")
+    await settle(server, alice, bob)
+    a_text.insert(len(a_text), "alice two. ")
+    await settle(server, alice, bob)
+    start = str(b_text).index("one. ")
+    b_text.delete(start, len("one. "))
+    await settle(server, alice, bob)
+    assert text_of(alice) == "[bob]alice alice two. "
+
+    result = await post_json(
+        http,
+        api(server, "pair", "/restore"),
+        {"to": seq_t, "by": ["bob"]},
+        headers=bearer(tok["alice"]),
+    )
+    assert result["bytes"] > 0
+    expected = "alice one. alice two. "
+    await eventually(lambda: text_of(alice) == expected and text_of(bob) == expected)
+    page = await get_json(
+        http, api(server, "pair", "/history?gap_ms=0&limit=1"), headers=bearer(tok["bob"])
+    )
+    # (an open server would say anonymous; this one knows who restored)
+    assert page["sessions"][0]["authors"] == ["restore:alice"]
+
+
+async def test_text_typed_during_a_restore_survives_on_every_peer_with_the_stock_js_client(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    make_js_client: Any,
+    http: aiohttp.ClientSession,
+) -> None:
+    server = await make_server(store="sqlite")
+    alice = await make_client("race", url=server.ws_url)
+    js = await make_js_client("race", url=server.ws_url)
+    alice.text().insert(0, "Base text.")
+    seq_t = await settle(server, alice)
+    alice.text().insert(len(alice.text()), " Mistake.")
+    await settle(server, alice)
+    await js.wait_text("Base text. Mistake.")
+    engine = server.server.history_engine
+    compute = engine._run
+    room = server.server.manager.rooms["race"]
+
+    async def typing_meanwhile(what: str, fn: Any, *args: Any) -> Any:
+        result = await compute(what, fn, *args)
+        if what.startswith("restoring"):
+            # The revert is computed; the JS client types before it is applied.
+            await js.insert(len("Base text. Mistake."), " [js typed]")
+            await eventually(lambda: "[js typed]" in str(room.doc.get("text", type=Text)))
+        return result
+
+    engine._run = typing_meanwhile  # type: ignore[method-assign]
+    await post_json(http, api(server, "race", "/restore"), {"to": seq_t})
+    expected = "Base text. [js typed]"
+    await js.wait_text(expected)
+    await eventually(lambda: text_of(alice) == expected)
+    await settle(server, alice)
+    await server.restart()
+    async with http.get(api(server, "race", "/text")) as resp:
+        assert await resp.text() == expected
+
+
+async def test_an_offline_client_reconnecting_keeps_the_restore_and_its_own_new_edits(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(store="sqlite")
+    alice = await make_client("trip", url=server.ws_url)
+    carol = await make_client("trip", url=server.ws_url)
+    alice.text().insert(0, "Good.")
+    seq_t = await settle(server, alice, carol)
+    alice.text().insert(len(alice.text()), " Bad.")
+    await settle(server, alice, carol)
+    offline_doc = carol.doc
+    await carol.close()  # carol goes offline holding "Good. Bad."
+    await post_json(http, api(server, "trip", "/restore"), {"to": seq_t})
+    await eventually(lambda: text_of(alice) == "Good.")
+    # Offline, carol writes at the start (her copy still has " Bad.").
+    offline = offline_doc.get("text", type=Text)
+    offline.insert(0, "Carol: ")
+    back = await make_client("trip", url=server.ws_url, doc=offline_doc)
+    await eventually(lambda: text_of(back) == text_of(alice) == "Carol: Good.")
+
+
+async def test_restore_after_compaction_works_and_thinned_precision_answers_409(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(store="sqlite", compact_updates=4)
+    alice = await make_client("long", url=server.ws_url)
+    steps = []
+    for i in range(12):
+        alice.text().insert(len(alice.text()), f"<{i}>")
+        steps.append((await settle(server, alice), text_of(alice)))
+    store: Any = server.server.store
+    await eventually(lambda: store.compactions >= 2)
+    assert len(await store.history_checkpoints("long")) >= 2
+    seq3, text3 = steps[3]
+    assert (await get_json(http, api(server, "long", f"/at/{seq3}")))["text"] == text3
+    await post_json(http, api(server, "long", "/restore"), {"to": seq3})
+    await eventually(lambda: text_of(alice) == text3)
+    diff = await get_json(http, api(server, "long", f"/diff?from={steps[0][0]}&to={seq3}"))
+    assert diff["roots"]["text"][-1] == {"op": "insert", "text": "<1><2><3>"}
+
+    # Everything is beyond the window now: rows go, checkpoints stay.
+    store.checkpoint_every = 0.0
+    await store.compact("long")
+    store.history_retention = 1e-6
+    await store.history_sweep()
+    thinned = await get_json(http, api(server, "long", f"/at/{steps[1][0]}"), status=409)
+    assert thinned["error"] == "history_thinned"
+    nearest = thinned["nearest"]["seq"]
+    assert nearest != steps[1][0]
+    assert (await get_json(http, api(server, "long", f"/at/{nearest}")))["seq"] == nearest
+    async with http.post(api(server, "long", "/restore"), json={"to": steps[1][0]}) as resp:
+        assert resp.status == 409
+        assert (await resp.json())["error"] == "history_thinned"
+    page = await get_json(http, api(server, "long", "/history"))
+    kept = [s for s in page["sessions"] if s.get("thinned")]
+    assert kept, page
+    point = kept[0]["from_seq"]
+    assert (await get_json(http, api(server, "long", f"/at/{point}")))["seq"] == point
+
+
+async def test_an_idempotency_key_makes_a_retried_restore_answer_the_first_result(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(store="sqlite")
+    alice = await make_client("once", url=server.ws_url)
+    alice.text().insert(0, "v1")
+    seq_t = await settle(server, alice)
+    alice.text().insert(2, " v2")
+    await settle(server, alice)
+    key = {"Idempotency-Key": "restore-42"}
+    url = api(server, "once", "/restore")
+    first = await post_json(http, url, {"to": seq_t}, headers=key)
+    await eventually(lambda: text_of(alice) == "v1")
+    alice.text().insert(2, " v3")  # typed after the restore: a retry must not undo it
+    await settle(server, alice)
+    again = await post_json(http, url, {"to": seq_t}, headers=key)
+    assert again == first
+    await settle(server, alice)
+    assert text_of(alice) == "v1 v3"
+    store: Any = server.server.store
+    rows = [e.author for e in await store.entries("once")]
+    assert rows.count("restore:anonymous") == 1
+
+
+async def test_a_panic_in_the_crdt_library_answers_500_json_and_the_server_goes_on(
+    make_server: ServerFactory,
+    make_client: ClientFactory,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import collab.history
+
+    server = await make_server(store="sqlite")
+    alice = await make_client("boom", url=server.ws_url)
+    alice.text().insert(0, "abc")
+    seq = await settle(server, alice)
+
+    def panics(*args: Any) -> Any:
+        doc: Doc[Any] = Doc()
+        doc.get("text", type=Text).insert(0, "gone")
+        del doc.get("text", type=Text)[0:2]
+        # What the design forbids: a snapshot of a gc'd document panics in yrs.
+        return Doc.from_snapshot(Snapshot.from_doc(doc), doc)
+
+    monkeypatch.setattr(collab.history, "compute_diff", panics)
+    monkeypatch.setattr(collab.history, "compute_revert", panics)
+    body = await get_json(http, api(server, "boom", f"/diff?from={seq}"), status=500)
+    assert body["error"] == "history_failed"
+    async with http.post(api(server, "boom", "/restore"), json={"to": seq}) as resp:
+        assert resp.status == 500 and (await resp.json())["error"] == "history_failed"
+    assert (await get_json(http, api(server, "boom", f"/at/{seq}")))["text"] == "abc"
+
+
+async def test_versions_and_the_trash_over_http(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(store="sqlite")
+    alice = await make_client("kept", url=server.ws_url)
+    alice.text().insert(0, "first draft")
+    await settle(server, alice)
+    version = await post_json(
+        http, api(server, "kept", "/versions"), {"label": "draft 1"}, status=201
+    )
+    assert version["id"].startswith("v_") and version["label"] == "draft 1"
+    alice.text().insert(0, "edited ")
+    await settle(server, alice)
+    listed = await get_json(http, api(server, "kept", "/versions"))
+    assert listed == {"versions": [version]}
+    at = await get_json(http, api(server, "kept", f"/at/{version['id']}"))
+    assert at["text"] == "first draft"
+    page = await get_json(http, api(server, "kept", "/history"))
+    assert page["versions"] == [version]
+
+    await alice.close()
+    async with http.delete(api(server, "kept")) as resp:
+        assert resp.status == 200
+    trash = await get_json(http, f"{server.http_url}/api/trash")
+    (entry,) = trash["documents"]
+    assert entry["name"] == "kept" and entry["deleted_by"] == "anonymous"
+    assert entry["purge_at"] > entry["deleted_at"]
+    await get_json(http, api(server, "kept"), status=404)
+    async with http.post(f"{server.http_url}/api/trash/kept/restore") as resp:
+        assert resp.status == 200, await resp.text()
+    async with http.get(api(server, "kept", "/text")) as resp:
+        assert await resp.text() == "edited first draft"
+    assert (await get_json(http, api(server, "kept", f"/at/{version['id']}")))["text"] == (
+        "first draft"
+    )
+    async with http.delete(f"{server.http_url}/api/docs/kept/versions/{version['id']}") as resp:
+        assert resp.status == 204
+    assert (await get_json(http, api(server, "kept", "/versions"))) == {"versions": []}
+    async with http.delete(api(server, "kept")) as resp:
+        assert resp.status == 200
+    async with http.delete(f"{server.http_url}/api/trash/kept") as resp:
+        assert resp.status == 204
+    assert (await get_json(http, f"{server.http_url}/api/trash")) == {"documents": []}
+    async with http.post(f"{server.http_url}/api/trash/kept/restore") as resp:
+        assert resp.status == 404
+
+
+async def test_bad_points_and_unknown_documents_answer_json_errors(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(store="sqlite")
+    alice = await make_client("p", url=server.ws_url)
+    alice.text().insert(0, "x")
+    seq = await settle(server, alice)
+    assert (await get_json(http, api(server, "p", "/at/yesterday"), 400))["error"] == (
+        "invalid_point"
+    )
+    assert (await get_json(http, api(server, "p", f"/at/{seq + 100}"), 404))["error"] == (
+        "unknown_point"
+    )
+    assert (await get_json(http, api(server, "p", "/at/v_nope"), 404))["error"] == ("unknown_point")
+    assert (await get_json(http, api(server, "p", "/at/1999-01-01T00:00:00Z"), 404))[
+        "error"
+    ] == "unknown_point"
+    assert (await get_json(http, api(server, "nothing", "/history"), 404))["error"] == ("not_found")
+    memory = await make_server()
+    assert (await get_json(http, api(memory, "p", "/history"), 501))["error"] == (
+        "history_unavailable"
+    )
