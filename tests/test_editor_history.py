@@ -144,9 +144,14 @@ async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_e
     assert "added" in await page.locator("#history-preview .history-summary").inner_text()
     await snap(page, "preview-1280")
 
+    seq = int(await page.get_attribute("#history-preview", "data-seq") or 0)
     await page.locator("#history-preview .history-restore").click()
     dialog = page.get_by_role("dialog", name="Restore this version?")
-    await dialog.get_by_role("button", name="Restore").click()
+    async with page.expect_request("**/api/docs/minutes/restore") as posted:
+        await dialog.get_by_role("button", name="Restore").click()
+    request = await posted.value
+    assert request.headers.get("idempotency-key")  # a retry in the dialog is applied once
+    assert json.loads(request.post_data or "{}") == {"to": seq}
     await dialog.wait_for(state="detached")
     # The server applies it as a forward update: both editors get it through the sync.
     for tab in (ada, grace):
@@ -254,6 +259,61 @@ async def test_a_read_only_token_sees_the_history_but_is_offered_no_restore(
     assert await server_text(server.http_url, "memo", read) == "Written by the editor."
 
 
+async def test_the_panel_works_from_the_keyboard_and_loads_older_sessions_page_by_page(
+    browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await history_server(make_server, tmp_path)
+    tab = await open_tab(browser, server.http_url, "pages")
+    for i, word in enumerate(("alpha ", "beta ", "gamma")):
+        if i:
+            await asyncio.sleep(1.2)  # a new session each time
+        await tab.type_at_end(word)
+        await saved(tab)
+    await server.server.store.flush()
+    page = tab.page
+
+    async def one_per_page(route: Route) -> None:
+        """The real server, asked for one session a page: three pages to go through."""
+        await route.continue_(url=route.request.url.replace("limit=50", "limit=1"))
+
+    await page.route("**/api/docs/pages/history?*", one_per_page)
+    await page.keyboard.press("Control+Alt+Shift+H")
+    panel = page.locator("#history-panel")
+    await panel.wait_for()
+    assert await page.evaluate("document.activeElement.id") == "history-panel"
+    await page.select_option("#history-panel .history-gap", "1000")
+    points = panel.locator(".history-sessions .history-point")
+    more = panel.get_by_role("button", name="Load older changes")
+    for shown in (1, 2, 3):
+        await page.wait_for_function(
+            "n => document.querySelectorAll('#history-panel .history-sessions .history-point')"
+            ".length === n",
+            arg=shown,
+            timeout=WAIT_MS,
+        )
+        if shown < 3:
+            await more.click()
+    await more.wait_for(state="hidden")  # the oldest page says there is no next
+
+    # Up and Down move between points, Enter opens one, Escape closes the preview, then the panel.
+    await panel.focus()
+    await page.keyboard.press("ArrowDown")
+    await page.keyboard.press("ArrowDown")
+    assert await page.evaluate("document.activeElement.dataset.key") == await points.nth(
+        1
+    ).get_attribute("data-key")
+    await page.keyboard.press("Enter")
+    await page.locator("#history-preview[data-state='shown']").wait_for()
+    assert await page.evaluate(PREVIEW_TEXT) == "alpha beta "
+    await page.keyboard.press("Escape")
+    await page.locator("#history-preview").wait_for(state="hidden")
+    assert await page.locator("#editor").is_visible()
+    await page.keyboard.press("Escape")
+    await panel.wait_for(state="hidden")
+    assert await page.evaluate("document.activeElement.id") == "history-button"
+    assert await page.get_attribute("#history-button", "aria-expanded") == "false"
+
+
 # --- errors ----------------------------------------------------------------------
 
 
@@ -282,45 +342,70 @@ async def test_without_the_server_the_panel_says_so_and_fills_in_when_it_is_back
     assert await error.is_hidden()
 
 
-async def test_a_restore_refused_as_thinned_tells_to_pick_a_nearby_point(
+async def test_a_point_thinned_away_after_its_preview_offers_the_nearest_point_kept(
     browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """The 409 comes from a route in the browser: thinning needs days of real history."""
-    server = await history_server(make_server, tmp_path)
-    tab = await open_tab(browser, server.http_url, "old")
-    await tab.type_at_end("One. ")
-    await saved(tab)
-    await asyncio.sleep(1.2)
-    await tab.type_at_end("Two.")
-    await saved(tab)
-    await server.server.store.flush()
+    """Real thinning: a one-second window, a checkpoint at every compaction, and a
+    named version that keeps the oldest checkpoint (versions are never thinned)."""
+    server = await history_server(make_server, tmp_path, history_retention=1)
+    store = server.server.store
+    store.checkpoint_every = 0  # type: ignore[attr-defined]  # default: one per 10 minutes
+    tab = await open_tab(browser, server.http_url, "kept")
     page = tab.page
-    keys: list[str | None] = []
+    # Another tab writes: in this one the preview takes the editor's place.
+    writer = await open_tab(browser, server.http_url, "kept")
 
-    async def thinned(route: Route) -> None:
-        keys.append(route.request.headers.get("idempotency-key"))
-        await route.fulfill(
-            status=409,
-            content_type="application/json",
-            body=json.dumps({"error": "history_thinned", "message": "history thinned"}),
-        )
+    async def write(text: str, *, compact: bool = False) -> None:
+        await asyncio.sleep(1.2)  # older than the window, and another session
+        await writer.type_at_end(text)
+        await saved(writer)
+        await store.flush()
+        if compact:
+            await store.compact("kept")
 
-    await page.route("**/api/docs/old/restore", thinned)
-    await open_history(page, sessions=2, gap_ms=1000)
-    assert (
-        await preview(page, "#history-panel .history-sessions li:last-child .history-point")
-        == "One. "
+    await writer.type_at_end("One. ")
+    await saved(writer)
+    await store.compact("kept")  # a snapshot at "One. ", a checkpoint at the next compaction
+    await open_history(page)
+    await page.locator("#history-panel .history-save").click()
+    dialog = page.get_by_role("dialog", name="Save a version")
+    await dialog.locator("input").fill("One")
+    await dialog.locator("input").press("Enter")
+    await dialog.wait_for(state="detached")
+    await write("Two. ")
+    await write("Six.")
+    await page.select_option("#history-panel .history-gap", "1000")
+    await page.locator("#history-panel .history-refresh").click()
+    await page.wait_for_function(
+        "document.querySelectorAll('#history-panel .history-sessions .history-point').length >= 3",
+        timeout=WAIT_MS,
     )
+    # The session that typed "Two. " (the second newest): previewed while it is kept...
+    assert (
+        await preview(page, "#history-panel .history-sessions li:nth-child(2) .history-point")
+        == "One. Two. "
+    )
+    # ...then two compactions a window apart fold its rows into checkpoints and drop them.
+    await write(" Seven.", compact=True)
+    await write(" Eight.", compact=True)
     await page.locator("#history-preview .history-restore").click()
     dialog = page.get_by_role("dialog", name="Restore this version?")
     await dialog.get_by_role("button", name="Restore").click()
     await dialog.wait_for(state="detached")
-    for where in ("#history-panel", "#history-preview"):
-        said = await page.locator(f"{where} .history-error").inner_text()
-        assert "no longer kept" in said and "nearby point" in said, said
-    assert len(keys) == 1 and keys[0]
-    assert await tab.text() == "One. Two."
-    await snap(page, "thinned-1280")
+    error = page.locator("#history-preview .history-error")
+    said = await error.inner_text()
+    assert "no longer kept" in said and "nearby point" in said, said
+    assert "no longer kept" in await page.locator("#history-panel .history-error").inner_text()
+    await tab.wait_text("text === arg", "One. Two. Six. Seven. Eight.")  # not restored
+    await snap(page, "thinned-nearest-1280")
+    # The server named the nearest point it kept: the named version's checkpoint.
+    await error.get_by_role("button", name="Open the nearest point kept").click()
+    await page.wait_for_function(
+        "document.querySelector('#history-preview').dataset.state === 'shown' && document"
+        ".querySelector('#history-preview .history-text').textContent.startsWith('One. ')",
+        timeout=WAIT_MS,
+    )
+    assert await page.evaluate(PREVIEW_TEXT) == "One. "
 
 
 # --- under a prefix ------------------------------------------------------------------

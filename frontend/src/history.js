@@ -287,7 +287,12 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
   toggle.addEventListener('click', () => setOpen(!state.open))
   closeButton.addEventListener('click', () => setOpen(false))
   panel.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape' && !event.defaultPrevented) { event.preventDefault(); setOpen(false) }
+    if (event.key === 'Escape' && !event.defaultPrevented) {
+      event.preventDefault()
+      // First the preview, then the panel.
+      if (state.selected) closePreview()
+      else setOpen(false)
+    }
     if (event.key === 'ArrowDown' || event.key === 'ArrowUp') moveFocus(event)
   })
   preview.addEventListener('keydown', (event) => {
@@ -301,10 +306,15 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     }
   })
 
-  /** Up and Down move between the points of the lists. */
+  /** Up and Down move between the points of the lists (from the panel itself: to the first). */
   function moveFocus (event) {
     const points = [...panel.querySelectorAll('.history-point')]
     const at = points.indexOf(document.activeElement)
+    if (document.activeElement === panel && points.length) {
+      event.preventDefault()
+      points[0].focus()
+      return
+    }
     if (at < 0) return
     event.preventDefault()
     points[Math.max(0, Math.min(points.length - 1, at + (event.key === 'ArrowDown' ? 1 : -1)))].focus()
