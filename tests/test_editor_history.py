@@ -171,6 +171,42 @@ async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_e
     )
 
 
+async def test_unticking_a_person_in_the_restore_undoes_only_the_others_changes(
+    browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await history_server(make_server, tmp_path, auth_secret=SECRET)
+    alice_token = issue_token(SECRET, "plan", "write", 600, sub="alice", name="Alice")
+    bob_token = issue_token(SECRET, "plan", "write", 600, sub="bob", name="Bob")
+    alice = await open_tab(browser, server.http_url, "plan", query=f"?token={alice_token}")
+    bob = await open_tab(browser, server.http_url, "plan", query=f"?token={bob_token}")
+    await alice.type_at_end("Alice one. ")
+    await saved(alice)
+    await asyncio.sleep(1.2)
+    await bob.wait_text("text === arg", "Alice one. ")
+    await bob.type_at_end("Bob's line. ")
+    await saved(bob)
+    await alice.wait_text("text.endsWith(arg)", "Bob's line. ")
+    await alice.type_at_end("Alice two.")
+    await saved(alice)
+    await server.server.store.flush()
+
+    page = alice.page
+    await open_history(page, sessions=2, gap_ms=1000)
+    oldest = "#history-panel .history-sessions li:last-child .history-point"
+    assert await preview(page, oldest) == "Alice one. "
+    await page.locator("#history-preview .history-restore").click()
+    dialog = page.get_by_role("dialog", name="Restore this version?")
+    await dialog.get_by_label("alice").uncheck()  # keep what Alice did since
+    assert await dialog.get_by_label("bob").is_checked()
+    await snap(page, "restore-by-1280")
+    async with page.expect_request("**/api/docs/plan/restore") as posted:
+        await dialog.get_by_role("button", name="Restore").click()
+    assert json.loads((await posted.value).post_data or "{}")["by"] == ["bob"]
+    await dialog.wait_for(state="detached")
+    for tab in (alice, bob):
+        await tab.wait_text("text === arg", "Alice one. Alice two.")
+
+
 async def test_a_named_version_is_listed_after_a_reload_opens_as_it_was_and_can_be_deleted(
     browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path
 ) -> None:
