@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -372,6 +374,10 @@ async def test_an_idempotency_key_makes_a_retried_restore_answer_the_first_resul
     store: Any = server.server.store
     rows = [e.author for e in await store.entries("once")]
     assert rows.count("restore:anonymous") == 1
+    # Webhooks read the change feed: one doc.restored event, by the restorer.
+    restored = [e for e in await store.events_after(0, 1000) if e.type == "doc.restored"]
+    assert [(e.doc, e.authors) for e in restored] == [("once", ("restore:anonymous",))]
+    assert restored[0].seq_to == first["seq"]
 
 
 async def test_a_panic_in_the_crdt_library_answers_500_json_and_the_server_goes_on(
@@ -472,3 +478,115 @@ async def test_bad_points_and_unknown_documents_answer_json_errors(
     assert (await get_json(http, api(memory, "p", "/history"), 501))["error"] == (
         "history_unavailable"
     )
+
+
+async def latest_seq(http: aiohttp.ClientSession, base: str, name: str) -> int:
+    async with http.get(f"{base}/api/docs/{quote(name, safe='')}/history?limit=1") as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    seq: int = body["latest_seq"]
+    return seq
+
+
+async def test_history_and_restore_survive_a_sigkill_and_restart(
+    tmp_path: Any, http: aiohttp.ClientSession
+) -> None:
+    from collab.client import Session
+    from collab.testing.server import ServerProcess
+
+    db = tmp_path / "killed.db"
+    proc = ServerProcess("--store", f"sqlite:///{db}")
+    await proc.start()
+    session = Session(proc.ws_url, "k", min_backoff=0.05, max_backoff=0.5)
+    try:
+        await session.start()
+        await session.wait_synced(15)
+        session.text().insert(0, "before.")
+        await session.drain()
+        await eventually(lambda: _stored(http, proc.http_url, "k", "before."))
+        seq_t = await latest_seq(http, proc.http_url, "k")
+        session.text().insert(len(session.text()), " lost?")
+        await session.drain()
+        await eventually(lambda: _stored(http, proc.http_url, "k", "before. lost?"))
+        await proc.stop(signal.SIGKILL)
+        await proc.start()
+        await session.wait_for(lambda: session.synced.is_set(), timeout=15)
+        page = await get_json(http, f"{proc.http_url}/api/docs/k/history?gap_ms=0")
+        assert len(page["sessions"]) >= 2 and page["latest_seq"] > seq_t
+        at = await get_json(http, f"{proc.http_url}/api/docs/k/at/{seq_t}")
+        assert at["text"] == "before."
+        await post_json(http, f"{proc.http_url}/api/docs/k/restore", {"to": seq_t})
+        await eventually(lambda: text_of(session) == "before.", timeout=15)
+    finally:
+        await session.close()
+        await proc.stop()
+
+
+async def _stored(http: aiohttp.ClientSession, base: str, name: str, text: str) -> bool:
+    """Whether the server's store (not only its room) has ``text``: at the latest seq."""
+    async with http.get(f"{base}/api/docs/{name}/history?limit=1") as resp:
+        if resp.status != 200:
+            return False
+        latest = (await resp.json())["latest_seq"]
+    async with http.get(f"{base}/api/docs/{name}/at/{latest}") as resp:
+        return resp.status == 200 and (await resp.json())["text"] == text
+
+
+async def test_two_processes_on_redis_restore_once_and_both_sides_see_it(
+    redis_server: Any, postgres_url: str, http: aiohttp.ClientSession
+) -> None:
+    import psycopg
+
+    from collab.client import Session
+    from collab.testing.server import ServerProcess
+
+    args = ("--store", postgres_url, "--redis-url", redis_server.url, "--unload-grace", "1")
+    servers = [ServerProcess(*args), ServerProcess(*args)]
+    await asyncio.gather(*(s.start() for s in servers))
+    sessions = [Session(s.ws_url, "pair", min_backoff=0.05, max_backoff=0.5) for s in servers]
+    try:
+        for session in sessions:
+            await session.start()
+            await session.wait_synced(15)
+        a, b = sessions
+        a.text().insert(0, "agreed.")
+        await a.drain()
+        await eventually(lambda: text_of(b) == "agreed.")
+        await eventually(lambda: _stored(http, servers[1].http_url, "pair", "agreed."))
+        seq_t = await latest_seq(http, servers[1].http_url, "pair")
+        b.text().insert(len(b.text()), " disputed.")
+        await b.drain()
+        await eventually(lambda: text_of(a) == "agreed. disputed.")
+        await eventually(lambda: _stored(http, servers[0].http_url, "pair", "agreed. disputed."))
+        key = {"Idempotency-Key": "cluster-1"}
+        first = await post_json(
+            http, f"{servers[0].http_url}/api/docs/pair/restore", {"to": seq_t}, headers=key
+        )
+        again = await post_json(
+            http, f"{servers[1].http_url}/api/docs/pair/restore", {"to": seq_t}, headers=key
+        )
+        assert again == first
+        await eventually(lambda: text_of(a) == text_of(b) == "agreed.", timeout=15)
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+
+            async def restore_rows() -> int:
+                cur = await conn.execute(
+                    "SELECT (SELECT COUNT(*) FROM collab_updates WHERE author LIKE 'restore:%%')"
+                    " + (SELECT COUNT(*) FROM collab_history WHERE author LIKE 'restore:%%')"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+            await eventually(lambda: _eq(restore_rows(), 1))
+            cur = await conn.execute(
+                "SELECT COUNT(*) FROM collab_events WHERE type = 'doc.restored'"
+            )
+            assert await cur.fetchone() == (1,)
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.stop() for s in servers))
+
+
+async def _eq(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
