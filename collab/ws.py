@@ -108,6 +108,20 @@ def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
     return send, rate
 
 
+def _bytes_are_signs_of_life(request: web.Request, conn: Connection) -> None:
+    """Count every read from the socket as a sign of life, not only whole messages.
+
+    A client uploading a big message over a slow link sends for longer than
+    the heartbeat, and its pong waits behind that message in the TCP stream:
+    without this it was dropped as unresponsive mid-upload (issue #16).
+    aiohttp calls this hook on every read for its own heartbeat, which collab
+    leaves off; where a later aiohttp lacks it, only whole messages count.
+    """
+    protocol = request.protocol
+    if getattr(protocol, "_data_received_cb", False) is None:
+        protocol._data_received_cb = conn.alive
+
+
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     """Authenticate, upgrade, then run the connection loop over the socket.
 
@@ -163,5 +177,6 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     )
     # The server-wide tick closes the socket with 4401 once the token expires.
     conn.expires = principal.expires_at
+    _bytes_are_signs_of_life(request, conn)
     await serve(conn, channel, request.app[LOOP_CONTEXT], "websocket")
     return ws
