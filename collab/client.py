@@ -151,6 +151,10 @@ class Session:
         self.awareness = Awareness(self.doc, outdated_timeout=int(awareness_timeout * 1000))
         #: Set while the socket is open and the first sync step 2 has arrived.
         self.synced = asyncio.Event()
+        #: Bytes of the initial sync received, and announced (0: not announced;
+        #: a server sends its size first when the document comes in pieces).
+        self.sync_received = 0
+        self.sync_expected = 0
         #: Why the session ended for good, once it has.
         self.error: ConnectionClosed | CannotConnect | None = None
         #: The last failed connection attempt, while no connection is up.
@@ -195,6 +199,20 @@ class Session:
     def text(self, name: str = "text") -> SharedText:
         """The document's root ``Text`` called ``name``, edited by character index."""
         return SharedText(self.doc.get(name, type=Text))
+
+    @property
+    def progress(self) -> float:
+        """How much of the initial sync arrived, from 0 to 1 (1 once synced).
+
+        Known when the server announced the size (a document sent in pieces,
+        ``--sync-chunk-bytes``); otherwise 0 until synced.  Live edits that
+        arrive meanwhile count too, so it stays below 1 until the end.
+        """
+        if self.synced.is_set():
+            return 1.0
+        if not self.sync_expected:
+            return 0.0
+        return min(self.sync_received / self.sync_expected, 0.99)
 
     async def wait_synced(self, timeout: float | None = 10.0) -> None:
         """Wait until the document is in sync with the server.
@@ -352,6 +370,7 @@ class Session:
                 self._handle(frame)
         finally:
             self.synced.clear()
+            self.sync_received = self.sync_expected = 0
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -480,9 +499,14 @@ class Session:
         if isinstance(message, protocol.SyncStep1):
             self._outbox.put_nowait(protocol.sync_step2(self.doc.get_update(message.state_vector)))
         elif isinstance(message, (protocol.SyncStep2, protocol.SyncUpdate)):
+            if self.sync_expected and not self.synced.is_set():
+                self.sync_received += len(frame)
+                self._changed.set()
             self._apply_remote(message.update)
             if isinstance(message, protocol.SyncStep2):
                 self.synced.set()
+        elif isinstance(message, protocol.SyncProgress):
+            self.sync_received, self.sync_expected = 0, message.total
         elif isinstance(message, protocol.AwarenessUpdate):
             self.awareness.apply_awareness_update(message.payload, "remote")
             self._changed.set()

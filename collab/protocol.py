@@ -7,6 +7,7 @@ A frame is one WebSocket binary message holding exactly one Yjs message:
                [0, 2, varBytes(update)]              update
     awareness  [1, varBytes(awareness update)]
     auth       [2, 0, varString(reason)]             permission denied
+               [2, 1, varUint(bytes)]                sync progress (collab's own)
     query      [3]                                   query awareness
 
 Encoding is delegated to pycrdt; decoding adds the bounds checks pycrdt's
@@ -89,9 +90,32 @@ class PermissionDenied:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SyncProgress:
+    """The server's announcement of an answer in pieces: ``total`` bytes of sync
+    frames follow, the last one a sync step 2 (issue #16).
+
+    An auth message of a kind y-protocols has not defined: its
+    ``readAuthMessage`` ignores it, so the stock client stays silent (a new
+    message type would make y-websocket log "Unable to compute message").
+    """
+
+    total: int
+
+
 Message: TypeAlias = (
-    SyncStep1 | SyncStep2 | SyncUpdate | AwarenessUpdate | QueryAwareness | PermissionDenied
+    SyncStep1
+    | SyncStep2
+    | SyncUpdate
+    | AwarenessUpdate
+    | QueryAwareness
+    | PermissionDenied
+    | SyncProgress
 )
+
+#: The auth message kinds: y-protocols' permission denied, and collab's progress.
+AUTH_PERMISSION_DENIED = 0
+AUTH_SYNC_PROGRESS = 1
 
 #: A varuint longer than this cannot be a length or client id we accept.
 _MAX_VARUINT_BYTES = 10
@@ -219,9 +243,12 @@ def decode(frame: bytes, *, awareness_bounds: AwarenessBounds | None = None) -> 
         message = QueryAwareness()
     elif kind == MessageType.AUTH:
         auth_kind = reader.var_uint("auth message type")
-        if auth_kind != 0:
+        if auth_kind == AUTH_PERMISSION_DENIED:
+            message = PermissionDenied(reader.var_string("auth reason"))
+        elif auth_kind == AUTH_SYNC_PROGRESS:
+            message = SyncProgress(reader.var_uint("sync bytes"))
+        else:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown auth message type {auth_kind}")
-        message = PermissionDenied(reader.var_string("auth reason"))
     else:
         raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown message type {kind}")
     reader.end(type(message).__name__)
@@ -390,7 +417,11 @@ def query_awareness() -> bytes:
 
 def permission_denied(reason: str) -> bytes:
     raw = reason.encode()
-    return bytes([MessageType.AUTH, 0]) + write_var_uint(len(raw)) + raw
+    return bytes([MessageType.AUTH, AUTH_PERMISSION_DENIED]) + write_var_uint(len(raw)) + raw
+
+
+def sync_progress(total: int) -> bytes:
+    return bytes([MessageType.AUTH, AUTH_SYNC_PROGRESS]) + write_var_uint(total)
 
 
 #: The update of an empty document: a sync step 2 carrying it means "nothing new".

@@ -782,7 +782,8 @@ def _merge_received(updates: list[bytes]) -> bytes:
 
 
 def _pieces_as_frames(name: str, update: bytes, limit: int) -> Sequence[bytes]:
-    """The frames of a chunked answer: sync updates, then the last piece as sync step 2."""
+    """The frames of a chunked answer: its size (``SyncProgress``), sync updates,
+    then the last piece as sync step 2."""
     try:
         pieces = split_update(update, limit)
     except SplitError as exc:  # an encoding this module cannot read: send it whole
@@ -790,4 +791,7 @@ def _pieces_as_frames(name: str, update: bytes, limit: int) -> Sequence[bytes]:
         return [protocol.sync_step2(update)]
     frames = [protocol.sync_update(piece) for piece in pieces[:-1]]
     frames.append(protocol.sync_step2(pieces[-1]))
+    if len(frames) > 1:
+        # First, how much follows: clients that know it show progress.
+        frames.insert(0, protocol.sync_progress(sum(len(f) for f in frames)))
     return frames
