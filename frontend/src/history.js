@@ -251,7 +251,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
   const prevChange = h('button', { type: 'button', class: 'icon-button', 'aria-label': 'Previous change', title: 'Previous change' }, '‹')
   const nextChange = h('button', { type: 'button', class: 'icon-button', 'aria-label': 'Next change', title: 'Next change' }, '›')
   const previewError = h('div', { class: 'history-error', role: 'alert', hidden: true })
-  const previewText = h('div', { class: 'history-text', tabindex: '0', role: 'document', 'aria-readonly': 'true' })
+  const previewText = h('div', { class: 'history-text', tabindex: '0', role: 'document' })
   const preview = h('section', { id: 'history-preview', class: 'history-preview', hidden: true, 'aria-label': 'A past version (read only)' },
     h('div', { class: 'history-preview-bar' },
       h('div', { class: 'history-preview-head' }, previewTitle, previewMeta),
@@ -276,7 +276,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     toggle.setAttribute('aria-expanded', String(want))
     document.body.classList.toggle('history-open', want)
     if (want) {
-      reload()
+      reload() // renders at once (loading), then with the answer
       panel.focus()
     } else {
       closePreview()
@@ -296,7 +296,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     if (event.key === 'ArrowDown' || event.key === 'ArrowUp') moveFocus(event)
   })
   preview.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape') { event.preventDefault(); closePreview(); focusSelected() }
+    if (event.key === 'Escape') { event.preventDefault(); leavePreview() }
   })
   // Ctrl+Alt+Shift+H opens and closes it (as in Google Docs).
   window.addEventListener('keydown', (event) => {
@@ -320,10 +320,12 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     points[Math.max(0, Math.min(points.length - 1, at + (event.key === 'ArrowDown' ? 1 : -1)))].focus()
   }
 
-  function focusSelected () {
+  /** Close the preview and put the focus back on the point it showed. */
+  function leavePreview () {
     const key = state.selected ? keyOf(state.selected) : null
+    closePreview()
     const button = key && panel.querySelector(`.history-point[data-key="${key}"]`)
-    if (button) button.focus()
+    if (button && !panel.hidden && button.offsetParent) button.focus()
     else if (state.open) panel.focus()
   }
 
@@ -466,6 +468,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
   }
 
   function renderLists () {
+    if (!state.open) return // rebuilt when it opens
     const focused = document.activeElement?.dataset?.key
     const now = new Date()
     const selectedKey = state.selected ? keyOf(state.selected) : null
@@ -693,10 +696,7 @@ export function mountHistory ({ name, conn, ydoc, toggle, panel, sheet }) {
     if (state.open) renderLists()
   }
 
-  backButton.addEventListener('click', () => {
-    closePreview()
-    focusSelected()
-  })
+  backButton.addEventListener('click', leavePreview)
 
   // --- writing --------------------------------------------------------------
 
