@@ -59,6 +59,10 @@ def _run(args: argparse.Namespace) -> int:
         return _serve(Settings.from_args(args))
     if args.command == "token":
         return _token(args)
+    from . import history_cli
+
+    if args.command in history_cli.COMMANDS:
+        return asyncio.run(history_cli.run(args))
     # Libraries' warnings (a pool retrying a database) would bury the one
     # line that says what failed.
     # (psycopg sets its own logger's level, so the filter is on the handler.)
@@ -183,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--secret", help="signing secret [env COLLAB_AUTH_SECRET, the server's --auth-secret]"
     )
+
+    from . import history_cli
+
+    history_cli.add_commands(commands, common)
 
     from .testing import chaos as chaos_runner
 

@@ -590,3 +590,61 @@ async def test_two_processes_on_redis_restore_once_and_both_sides_see_it(
 
 async def _eq(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "collab",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_a_remote_bot_and_the_cli_read_and_restore_through_the_http_api(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    from collab.remote import History, RemoteError
+
+    server = await make_server(store="sqlite")
+    alice = await make_client("shell", url=server.ws_url)
+    alice.text().insert(0, "line one\n")
+    seq_t = await settle(server, alice)
+    alice.text().insert(len(alice.text()), "line two\n")
+    await settle(server, alice)
+    async with History(server.http_url) as history:
+        page = await history.sessions("shell", gap_ms=0)
+        assert page["latest_seq"] > seq_t
+        assert (await history.at("shell", seq_t))["text"] == "line one\n"
+        version = await history.create_version("shell", "two lines")
+        assert [v["id"] for v in await history.versions("shell")] == [version["id"]]
+        diff = await history.diff("shell", seq_t)
+        assert diff["roots"]["text"][-1] == {"op": "insert", "text": "line two\n"}
+        try:
+            await history.at("shell", 10**9)
+        except RemoteError as exc:
+            assert (exc.status, exc.code) == (404, "unknown_point")
+        else:
+            raise AssertionError("no RemoteError")
+
+    code, out, err = await run_cli("history", "shell", "--server", server.http_url, "--gap", "0")
+    assert code == 0, err
+    assert "anonymous" in out and "two lines" in out
+    code, out, err = await run_cli("show", "shell", "--at", str(seq_t), "--server", server.http_url)
+    assert (code, out) == (0, "line one\n"), err
+    code, out, err = await run_cli(
+        "restore", "shell", "--to", str(seq_t), "--server", server.http_url
+    )
+    assert code == 0, err
+    assert out.startswith(f"shell: restored to seq {seq_t}")
+    await eventually(lambda: text_of(alice) == "line one\n")
+    code, out, err = await run_cli("show", "shell", "--at", "soon", "--server", server.http_url)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "[invalid_point]" in err and "Traceback" not in err
