@@ -464,3 +464,25 @@ async def test_a_refused_token_over_http_ends_the_session_with_the_close_code(
         assert refused.value.code == 4401
     finally:
         await session.close()
+
+
+async def test_chaos_with_clients_over_http_and_websockets_loses_no_edit(
+    make_server: ServerFactory,
+) -> None:
+    from collab.testing.chaos import ChaosConfig, run_chaos
+
+    server = await make_server(store="sqlite", commit_window=0.01)
+    config = ChaosConfig(
+        url=server.ws_url,
+        clients=6,
+        http_clients=4,
+        duration=8,
+        seed=21,
+        rate=4,
+        converge_timeout=30,
+    )
+    report = await run_chaos(config, restart=server.restart)
+    assert report.ok, report.format()
+    assert report.transports["websocket"] == 2
+    assert report.transports["sse"] + report.transports["poll"] == 4
+    assert report.faults["restart"] >= 1

@@ -242,7 +242,7 @@ def frame(payload: bytes, *, masked: bool) -> bytes:
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
 @pytest.mark.parametrize("masked", [True, False])
 def test_frames_are_cut_whole_whatever_the_read_boundaries(size: int, masked: bool) -> None:
-    header = b"GET /ws/doc HTTP/1.1\r\nHost: x\r\n\r\n"
+    header = b"GET /ws/doc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
     frames = [frame(os.urandom(size), masked=masked), frame(b"tail", masked=masked)]
     stream = header + b"".join(frames)
     for step in (1, 7, 4096, len(stream)):
@@ -251,6 +251,33 @@ def test_frames_are_cut_whole_whatever_the_read_boundaries(size: int, masked: bo
         for i in range(0, len(stream), step):
             out.extend(cutter.feed(stream[i : i + step]))
         assert out == [header, *frames], step
+
+
+def test_a_plain_http_request_and_its_body_pass_as_bytes() -> None:
+    # The HTTP fallback's POSTs: their bodies are not WebSocket frames.
+    cutter = _FrameCutter()
+    head = b"POST /send/doc HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n"
+    assert cutter.feed(head + b"\x82\x7f\xff\xff") == [head, b"\x82\x7f\xff\xff"]
+    assert cutter.feed(b"GET /sse/doc HTTP/1.1\r\n\r\n") == [b"GET /sse/doc HTTP/1.1\r\n\r\n"]
+
+
+def test_response_ends_are_found_for_lengths_chunks_and_no_body() -> None:
+    from collab.testing.netem import _Responses
+
+    fixed = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    stream = fixed + chunked + empty
+    ends = [len(fixed), len(fixed) + len(chunked), len(stream)]
+    for step in (1, 3, 10, len(stream)):
+        responses = _Responses()
+        found = []
+        for i in range(0, len(stream), step):
+            found += [i + end for end in responses.feed(stream[i : i + step])]
+        assert found == ends, step
 
 
 def test_a_refused_upgrade_is_passed_through_as_bytes() -> None:
