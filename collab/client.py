@@ -40,6 +40,9 @@ ATTEMPT_TIMEOUT = 10.0
 TRANSPORTS = ("auto", "websocket", "http", "sse", "poll")
 #: More time for an attempt on the stream, which waits up to 5 s for its open event.
 OPEN_GRACE = 5.0
+#: Seconds on the HTTP fallback after which "auto" tries a WebSocket again (and
+#: moves back to one when it works: the network may have changed).
+REPROBE_AFTER = 300.0
 
 
 class ConnectionClosed(Exception):
@@ -362,6 +365,11 @@ class Session:
         self.connects += 1
         self._outbox = asyncio.Queue()
         writer = asyncio.create_task(self._write_loop(link, self._outbox))
+        upward = (
+            asyncio.create_task(self._step_up_later(link))
+            if self._mode == "auto" and not isinstance(link, WebSocketLink)
+            else None
+        )
         try:
             self._outbox.put_nowait(protocol.sync_step1(self.doc.get_state()))
             if self.awareness.get_local_state() is not None:
@@ -371,9 +379,11 @@ class Session:
         finally:
             self.synced.clear()
             self.sync_received = self.sync_expected = 0
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            for task in (writer, upward):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self._link = None
             if not link.closed:
                 with contextlib.suppress(Exception):
@@ -412,6 +422,22 @@ class Session:
                         raise exc from None  # the server's own refusal, as the upgrade said
                     raise
         return await self._open_http(self._tier)
+
+    async def _step_up_later(self, link: Link) -> None:
+        """After ``REPROBE_AFTER`` on HTTP, try a WebSocket; when one opens, reconnect over it."""
+        assert self._http is not None
+        while True:
+            await asyncio.sleep(REPROBE_AFTER * (0.9 + 0.2 * random.random()))
+            try:
+                async with asyncio.timeout(self._attempt_timeout()):
+                    probe = await self._http.ws_connect(self.url, headers=self._headers)
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                continue
+            await probe.close()
+            log.info("%s: WebSockets work again: reconnecting over one", self.name)
+            self._tier = "websocket"
+            await link.close()  # the session reconnects at once, and resyncs
+            return
 
     async def _open_http(self, tier: str) -> Link:
         assert self._http is not None

@@ -386,6 +386,17 @@ class HttpLink:
         return await self._frames.get()
 
     async def close(self) -> None:
+        if self.close_code is None and self.sid:
+            # Say goodbye, so the server drops our presence now rather than
+            # when the session expires; best effort (we may be offline).
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with self._http.post(
+                    self._url("send"),
+                    params={"sid": self.sid, "close": "1"},
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=2),
+                ):
+                    pass
         self._end(CloseCode.NORMAL, "")
         if self._reader is not None:
             self._reader.cancel()

@@ -662,8 +662,14 @@ async def send_handler(request: web.Request) -> web.Response:
         if session is not None and session.conn is not None:
             session.conn.close(code, reason)
         raise error(status, "too_large" if status == 413 else "bad_body", reason, code) from None
+    closing = request.query.get("close") == "1"
     if session is not None and session.ended is None:
-        reply, _ = await session.post(seq, frames)
+        reply, _ = await session.post(seq, frames) if frames or not closing else (b"", False)
+        if closing and session.conn is not None:
+            # The client's goodbye (a WebSocket's close 1000): it leaves the
+            # room and its presence goes now, not at the session's expiry.
+            session.conn.close(CloseCode.NORMAL, "client closed")
+            return _octets(reply)
         if session.ended is not None and session.ended != EXPIRED:
             code, reason = session.ended
             if code not in (CloseCode.NORMAL, 1006):
@@ -677,6 +683,8 @@ async def send_handler(request: web.Request) -> web.Response:
         code, reason = session.ended
         if code not in _CLIENT_GONE:  # refused (4429, 4413...): not again through a side door
             raise error(_STATUS_OF_CLOSE.get(code, 400), "closed", reason, code)
+    if closing and not frames:
+        return _octets(b"")  # a goodbye for a session held elsewhere: it expires there
     key = (sid, seq) if sid and seq is not None else None
     if key is not None and key in hub.recent:
         hub.recent.move_to_end(key)

@@ -20,6 +20,7 @@ from collab import protocol
 from collab.auth import issue_token
 from collab.client import ConnectionClosed, Session
 from collab.framing import decode_frames, encode_frames
+from collab.hooks import ConnectionEvent, Hooks, IncomingUpdate, Reject
 from collab.testing.netem import NetemProxy
 from collab.testing.server import InProcessServer
 from tests.conftest import ClientFactory, RedisServer, ServerFactory
@@ -486,3 +487,88 @@ async def test_chaos_with_clients_over_http_and_websockets_loses_no_edit(
     assert report.transports["websocket"] == 2
     assert report.transports["sse"] + report.transports["poll"] == 4
     assert report.faults["restart"] >= 1
+
+
+async def test_closing_a_session_removes_its_presence_at_once(
+    server: InProcessServer, make_client: ClientFactory
+) -> None:
+    watcher = await make_client("doc")
+    leaving = await make_client("doc", transport="http")
+    leaving.set_presence({"user": {"name": "leaving"}})
+    await watcher.wait_for(lambda: "leaving" in names_in(watcher))
+    # Without the goodbye it would stay until the session expired (30 s).
+    leaving._reconnect = False
+    started = time.monotonic()
+    link = leaving._link
+    assert link is not None
+    await link.close()
+    await watcher.wait_for(lambda: "leaving" not in names_in(watcher), timeout=10)
+    assert time.monotonic() - started < 5
+    room = server.server.manager.rooms["doc"]
+    await eventually(lambda: len(room.connections) == 1)
+
+
+class Recorder(Hooks):
+    """Records connection events and refuses updates holding "forbidden"."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    async def on_connect(self, event: ConnectionEvent) -> None:
+        self.events.append(("connect", event.transport))
+
+    async def on_disconnect(self, event: ConnectionEvent) -> None:
+        self.events.append(("disconnect", event.transport))
+
+    async def before_update(self, event: IncomingUpdate) -> None:
+        if b"forbidden" in event.update:
+            raise Reject(reason="no forbidden words")
+
+
+async def test_hooks_and_metrics_see_http_sessions_with_their_transport(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    recorder = Recorder()
+    server = await make_server(hooks=[recorder])
+    ws = await make_client("doc", url=server.ws_url)
+    sse = await make_client("doc", url=server.ws_url, transport="sse")
+    poll = await make_client("doc", url=server.ws_url, transport="poll")
+    async with http.get(f"{server.http_url}/metrics") as response:
+        metrics = await response.text()
+    for transport in ("websocket", "sse", "poll"):
+        assert f'collab_transport_connections{{transport="{transport}"}} 1.0' in metrics
+        assert f'collab_connections_opened_total{{transport="{transport}"}} 1.0' in metrics
+    await eventually(lambda: recorder.events.count(("connect", "http")) == 2)
+    # The gating hooks run on POSTed updates as on a socket's.
+    sse.text().insert(0, "forbidden ")
+    poll.text().insert(0, "fine ")
+    await ws.wait_for(lambda: "fine" in str(ws.text()))
+    await asyncio.sleep(0.3)
+    assert "forbidden" not in str(ws.text())
+    await poll.close()
+    await eventually(lambda: ("disconnect", "http") in recorder.events)
+
+
+async def test_a_session_sending_too_fast_gets_429_naming_4429(
+    make_server: ServerFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server(rate_messages=5)
+    raw = RawSession(http, server.http_url)
+    await raw.open()
+    query = protocol.query_awareness()
+    statuses = []
+    for seq in range(1, 40):
+        async with http.post(
+            f"{server.http_url}/send/doc",
+            params={"sid": raw.sid},
+            data=encode_frames([query] * 5),
+            headers={"Collab-Seq": str(seq)},
+        ) as response:
+            statuses.append(response.status)
+            if response.status != 200:
+                assert (await response.json())["close_code"] == 4429
+                break
+    assert statuses[-1] == 429
+    while (event := await raw.event())[0] != "close":
+        pass
+    assert json.loads(event[1])["code"] == 4429
