@@ -110,10 +110,19 @@ async def server_text(url: str, doc: str, token: str | None = None) -> str:
 # --- preview and restore -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_every_tab(
-    browser: Browser, frontend_dist: Path, make_server: ServerFactory, tmp_path: Path
+    browser: Browser,
+    frontend_dist: Path,
+    make_server: ServerFactory,
+    tmp_path: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    server = await history_server(make_server, tmp_path)
+    if backend == "postgresql":
+        server = await make_server(store=request.getfixturevalue("postgres_url"))
+    else:
+        server = await history_server(make_server, tmp_path)
     ada = await open_tab(browser, server.http_url, "minutes", user=("Ada", "#e5484d"))
     grace = await open_tab(browser, server.http_url, "minutes", user=("Grace", "#0090ff"))
 
@@ -149,9 +158,9 @@ async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_e
     dialog = page.get_by_role("dialog", name="Restore this version?")
     async with page.expect_request("**/api/docs/minutes/restore") as posted:
         await dialog.get_by_role("button", name="Restore").click()
-    request = await posted.value
-    assert request.headers.get("idempotency-key")  # a retry in the dialog is applied once
-    assert json.loads(request.post_data or "{}") == {"to": seq}
+    posted_request = await posted.value
+    assert posted_request.headers.get("idempotency-key")  # a retry in the dialog is applied once
+    assert json.loads(posted_request.post_data or "{}") == {"to": seq}
     await dialog.wait_for(state="detached")
     # The server applies it as a forward update: both editors get it through the sync.
     for tab in (ada, grace):
