@@ -2,7 +2,10 @@
 //
 //   node client.mjs ws://127.0.0.1:PORT/ws DOCNAME [SYNC_TIMEOUT_MS]
 //
-// Once the provider is synced it prints {"ready": true, "client_id": N, "text": "..."},
+// COLLAB_TRANSPORT=auto plugs clients/collab-transport's CollabTransport in as the
+// WebSocketPolyfill (WebSocket first, HTTP where it is blocked); =http skips the
+// WebSocket.  Once the provider is synced it prints {"ready": true, "client_id": N,
+// "text": "...", "transport": "websocket"|"sse"|"poll", "events": [...]},
 // then reads one JSON command per line on stdin and answers each, in order, with
 // one JSON line on stdout: {"ok": true, ...} or {"ok": false, "error": "..."}.
 // The root type is the text "text", like the Python side's doc.get("text", type=Text).
@@ -17,6 +20,7 @@
 //   {"cmd": "text"}                                -> "text"
 //   {"cmd": "states"}                              -> "states": {clientId: state}
 //   {"cmd": "wait_text", "text": "...", "timeout": 10000}
+//   {"cmd": "transport"}                           -> "transport" and "events" (status/sync, in order)
 //   {"cmd": "exit"}                                disconnect cleanly, answer, exit 0
 //
 // Every edit answers with the resulting "text".  Diagnostics go to stderr; a failure
@@ -26,6 +30,7 @@ import readline from 'node:readline'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
+import { createTransport } from '../../clients/collab-transport/src/index.js'
 
 const [url, room, syncTimeoutArg] = process.argv.slice(2)
 if (!url || !room) {
@@ -50,13 +55,22 @@ const ydoc = new Y.Doc()
 const ytext = ydoc.getText('text')
 // COLLAB_TOKEN: an access token, sent as ?token= like the browser editor does.
 const params = process.env.COLLAB_TOKEN ? { token: process.env.COLLAB_TOKEN } : {}
+const transport = process.env.COLLAB_TRANSPORT
+const polyfill = transport === 'auto'
+  ? createTransport({ WebSocket })
+  : transport === 'http' ? createTransport({ tiers: ['sse', 'poll'] }) : WebSocket
+const started = Date.now()
+const events = [] // {event, ms since start}: what an application sees of the connection
 const provider = new WebsocketProvider(url, room, ydoc, {
   params,
-  WebSocketPolyfill: WebSocket,
+  WebSocketPolyfill: polyfill,
   disableBc: true,
   maxBackoffTime: 500
 })
 provider.on('connection-error', () => process.stderr.write(`client.mjs [${room}]: connection error\n`))
+provider.on('status', ({ status }) => events.push({ event: status, ms: Date.now() - started }))
+provider.on('sync', (synced) => events.push({ event: `sync:${synced}`, ms: Date.now() - started }))
+const transportInUse = () => (provider.ws ? provider.ws.transport || 'websocket' : null)
 
 /** Resolve once `predicate()` holds, re-checked whenever `subscribe`'s event fires; reject on timeout. */
 const until = (predicate, subscribe, timeout, what) =>
@@ -103,7 +117,7 @@ const exit = async () => {
   const socket = provider.ws
   const closed = socket
     ? new Promise((resolve) => {
-      socket.on('close', resolve)
+      socket.addEventListener('close', resolve)
       setTimeout(resolve, 2000)
     })
     : Promise.resolve()
@@ -152,6 +166,9 @@ const handlers = {
   text () {
     return {}
   },
+  transport () {
+    return { transport: transportInUse(), events }
+  },
   states () {
     return { client_id: ydoc.clientID, states: states() }
   },
@@ -188,7 +205,7 @@ try {
 } catch (err) {
   fail(err.message)
 }
-send({ ready: true, client_id: ydoc.clientID, text: ytext.toString() })
+send({ ready: true, client_id: ydoc.clientID, text: ytext.toString(), transport: transportInUse(), events })
 
 // Commands run strictly one after another, in the order they arrive.
 let queue = Promise.resolve()
