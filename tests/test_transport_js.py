@@ -22,6 +22,7 @@ import pytest
 
 from collab.testing.netem import NetemProxy
 from collab.testing.server import InProcessServer
+from tests.helpers import eventually
 from tests.jsclient import CLIENT_SCRIPT, INTEROP_DIR, REPLY_TIMEOUT, JsClient, JsClientFactory
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clients" / "collab-transport"
@@ -67,20 +68,22 @@ def event_names(events: list[dict[str, Any]]) -> list[str]:
 
 async def wait_for_state(client: JsClient, client_id: int, field: str, value: Any) -> None:
     """Wait until ``client`` sees ``client_id``'s awareness ``field`` equal to ``value``."""
-    async with asyncio.timeout(10):
-        while (await client.awareness_states()).get(client_id, {}).get(field) != value:
-            await asyncio.sleep(0.05)
+
+    async def seen() -> bool:
+        return bool((await client.awareness_states()).get(client_id, {}).get(field) == value)
+
+    await eventually(seen)
 
 
 async def converge_and_see_each_other(http: JsClient, ws: JsClient) -> None:
     """Both edit at once, end with the same text, and see each other's presence."""
     await asyncio.gather(http.insert(0, "over HTTP. "), ws.insert(0, "over WS. "))
-    async with asyncio.timeout(10):
-        while True:
-            a, b = await ws.text(), await http.text()
-            if a == b and "over HTTP. " in a and "over WS. " in a:
-                break
-            await asyncio.sleep(0.05)
+
+    async def same() -> bool:
+        a, b = await ws.text(), await http.text()
+        return a == b and "over HTTP. " in a and "over WS. " in a
+
+    await eventually(same)
     await http.set_awareness_field("user", {"name": "behind the proxy"})
     await ws.set_awareness_field("user", {"name": "direct"})
     await wait_for_state(ws, http.client_id, "user", {"name": "behind the proxy"})
