@@ -70,6 +70,11 @@ PENDING_BYTES: Final = 1024 * 1024
 FIRST_POLL_WAIT: Final = 2.0
 #: Replies of POSTs served without a session, kept for a retried Collab-Seq.
 RECENT_POSTS: Final = 4096
+#: Answers kept for a retried Collab-Seq up to this size; a larger one (a whole
+#: document's sync step 2) is made again from the frames that asked for it.
+KEEP_REPLY_BYTES: Final = 64 * 1024
+#: Bytes of answers kept for POSTs served without their session.
+RECENT_BYTES: Final = 8 * 1024 * 1024
 #: Close code and reason of a session that is gone (expired or unknown).
 EXPIRED: Final = (4410, "session expired")
 
@@ -142,7 +147,8 @@ class Session:
         self._replies: list[bytes] | None = None
         self._post: asyncio.Future[None] | None = None
         self.last_seq = 0
-        self.last_reply = b""
+        #: The answer to POST ``last_seq``, or the frames that asked for a big one.
+        self.last_reply: bytes | list[bytes] = b""
         #: The stream or poll attached (an object only its request holds), and its socket.
         self.attached: object | None = None
         self.stream: asyncio.BaseTransport | None = None
@@ -288,7 +294,13 @@ class Session:
             await asyncio.shield(self._post)
         self.touched = self._hub.loop.time()
         if seq is not None and seq <= self.last_seq:
-            return (self.last_reply if seq == self.last_seq else b""), False
+            if seq < self.last_seq:
+                return b"", False
+            if isinstance(self.last_reply, bytes):
+                return self.last_reply, False
+            # A retry whose answer was too big to keep: ask again (only the
+            # questions, sync step 1 and awareness queries, nothing is applied).
+            frames, seq = self.last_reply, None
         if self.ended is not None:
             return b"", False
         done = self._post = self._hub.loop.create_future()
@@ -305,7 +317,8 @@ class Session:
             self._post = None
         reply = encode_frames(replies or ())
         if seq is not None:
-            self.last_seq, self.last_reply = seq, reply
+            self.last_seq = seq
+            self.last_reply = reply if len(reply) <= KEEP_REPLY_BYTES else questions(frames)
         return reply, True
 
     def _finish_post(self) -> None:
@@ -349,6 +362,7 @@ class Sessions:
         self.post_max = settings.max_message_size + 16
         #: (sid, seq) -> reply of POSTs applied without their session (any process).
         self.recent: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self.recent_bytes = 0
         self._ticker: asyncio.Task[None] | None = None
 
     def hello(self, session: Session) -> dict[str, Any]:
@@ -503,6 +517,11 @@ def _check_origin(request: web.Request) -> None:
     if not origin_allowed(request, request.app[HTTP_SESSIONS].origins):
         request.app[METRICS].refused("origin")
         raise error(403, "origin_not_allowed", "origin not allowed", CloseCode.FORBIDDEN)
+
+
+def questions(frames: list[bytes]) -> list[bytes]:
+    """The frames that ask for an answer: sync step 1 and awareness queries."""
+    return [f for f in frames if f[:2] == b"\x00\x00" or f[:1] == b"\x03"]
 
 
 def _number(raw: str | None) -> int | None:
@@ -678,7 +697,9 @@ async def send_handler(request: web.Request) -> web.Response:
         return _octets(reply)
     if session is not None:  # it ended here
         if seq is not None and seq <= session.last_seq:
-            return _octets(session.last_reply if seq == session.last_seq else b"")
+            last = session.last_reply
+            fresh = isinstance(last, bytes) and seq == session.last_seq
+            return _octets(last if fresh and isinstance(last, bytes) else b"")
         assert session.ended is not None
         code, reason = session.ended
         if code not in _CLIENT_GONE:  # refused (4429, 4413...): not again through a side door
@@ -691,9 +712,14 @@ async def send_handler(request: web.Request) -> web.Response:
         return _octets(hub.recent[key])
     reply = await _apply_without_session(request, name, frames)
     if key is not None:
-        hub.recent[key] = reply
-        while len(hub.recent) > RECENT_POSTS:
-            hub.recent.popitem(last=False)
+        # A big answer is not kept: a retry applies again, which changes
+        # nothing (the updates are in the document) and stores nothing.
+        if len(reply) <= KEEP_REPLY_BYTES:
+            hub.recent[key] = reply
+            hub.recent_bytes += len(reply)
+        while len(hub.recent) > RECENT_POSTS or hub.recent_bytes > RECENT_BYTES:
+            _, dropped = hub.recent.popitem(last=False)
+            hub.recent_bytes -= len(dropped)
     return _octets(reply)
 
 

@@ -572,3 +572,29 @@ async def test_a_session_sending_too_fast_gets_429_naming_4429(
     while (event := await raw.event())[0] != "close":
         pass
     assert json.loads(event[1])["code"] == 4429
+
+
+async def test_a_retried_post_gets_a_big_answer_again_without_keeping_it(
+    server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    from collab.http_transport import KEEP_REPLY_BYTES
+
+    writer = await make_client("doc")
+    writer.text().insert(0, "x" * (2 * KEEP_REPLY_BYTES))
+    await writer.drain()
+    room = server.server.manager.rooms["doc"]
+    await eventually(lambda: len(str(room.doc.get("text", type=Text))) == 2 * KEEP_REPLY_BYTES)
+    raw = RawSession(http, server.http_url)
+    await raw.open()
+    step1 = protocol.sync_step1(Doc().get_state())
+    first = await raw.post(step1, seq=1)
+    again = await raw.post(step1, seq=1)
+    for reply in (first, again):
+        (answer,) = reply
+        message = protocol.decode(answer)
+        assert isinstance(message, protocol.SyncStep2)
+        replica: Doc[Any] = Doc()
+        replica.apply_update(message.update)
+        assert len(str(replica.get("text", type=Text))) == 2 * KEEP_REPLY_BYTES
+    sessions = server.app[_sessions_key()].sessions
+    assert not isinstance(sessions[raw.sid].last_reply, bytes)  # the question, not the answer
