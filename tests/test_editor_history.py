@@ -129,6 +129,7 @@ async def test_an_earlier_point_previews_as_typed_then_and_its_restore_reaches_e
     await ada.type_at_end("First draft: we meet on Monday. ")
     await saved(ada)
     then = await ada.text()
+    await server.server.store.flush()  # stored (and timed) before the pause starts
     # A pause longer than the panel's finest split makes the next typing another session.
     await asyncio.sleep(1.5)
     await ada.type_at_end("Second thoughts: Tuesday.")
@@ -190,7 +191,8 @@ async def test_unticking_a_person_in_the_restore_undoes_only_the_others_changes(
     bob = await open_tab(browser, server.http_url, "plan", query=f"?token={bob_token}")
     await alice.type_at_end("Alice one. ")
     await saved(alice)
-    await asyncio.sleep(1.2)
+    await server.server.store.flush()
+    await asyncio.sleep(1.5)
     await bob.wait_text("text === arg", "Alice one. ")
     await bob.type_at_end("Bob's line. ")
     await saved(bob)
@@ -311,9 +313,10 @@ async def test_the_panel_works_from_the_keyboard_and_loads_older_sessions_page_b
     tab = await open_tab(browser, server.http_url, "pages")
     for i, word in enumerate(("alpha ", "beta ", "gamma")):
         if i:
-            await asyncio.sleep(1.2)  # a new session each time
+            await asyncio.sleep(1.5)  # a new session each time
         await tab.type_at_end(word)
         await saved(tab)
+        await server.server.store.flush()
     await server.server.store.flush()
     page = tab.page
 
@@ -401,7 +404,7 @@ async def test_a_point_thinned_away_after_its_preview_offers_the_nearest_point_k
     writer = await open_tab(browser, server.http_url, "kept")
 
     async def write(text: str, *, compact: bool = False) -> None:
-        await asyncio.sleep(1.2)  # older than the window, and another session
+        await asyncio.sleep(1.5)  # older than the window, and another session
         await writer.type_at_end(text)
         await saved(writer)
         await store.flush()
