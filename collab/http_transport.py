@@ -346,6 +346,9 @@ class Session:
     def expire(self) -> None:
         """The client left (no stream, poll or POST for the timeout): leave the room."""
         self.end(*EXPIRED)
+        # Nobody will read them: a late resume or poll is told 4410 anyway.
+        self._frames.clear()
+        self._bytes = self._pending = 0
 
 
 class Sessions:
@@ -439,7 +442,10 @@ class Sessions:
         for sid, session in list(self.sessions.items()):
             if session.ended is not None:
                 task = session.task
-                if now - session.ended_at >= self.timeout and (task is None or task.done()):
+                # An expired one goes at once; a refused one stays a while, so
+                # that a late poll or resume learns its close code, not 4410.
+                gone = session.ended == EXPIRED or now - session.ended_at >= self.timeout
+                if gone and (task is None or task.done()):
                     del self.sessions[sid]
                 continue
             if session.attached is not None:
