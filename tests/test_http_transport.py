@@ -8,8 +8,10 @@ import asyncio
 import base64
 import json
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -598,3 +600,26 @@ async def test_a_retried_post_gets_a_big_answer_again_without_keeping_it(
         assert len(str(replica.get("text", type=Text))) == 2 * KEEP_REPLY_BYTES
     sessions = server.app[_sessions_key()].sessions
     assert not isinstance(sessions[raw.sid].last_reply, bytes)  # the question, not the answer
+
+
+@pytest.mark.timeout(180)
+async def test_the_transport_bench_runs_small(tmp_path: Path) -> None:
+    # Correctness only (no timing is asserted): the bench starts its servers,
+    # every sender's edits arrive, and N sessions are held and all reached.
+    out = tmp_path / "transport.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.transport",
+        "--edits", "3", "--idle", "5", "--sessions", "20", "--json", str(out),
+        cwd=Path(__file__).parent.parent,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()
+    results = json.loads(out.read_text())
+    assert set(results["latency"]) >= {"websocket->websocket", "sse->websocket", "poll->websocket"}
+    assert results["idle_memory"]["sse"]["count"] == 5
+    assert results["many_sessions"]["sessions"] == 20
+    assert "SSE sessions at once" in output.decode()
