@@ -34,6 +34,9 @@ class CloseCode(IntEnum):
     #: The document was deleted while the connection was open.
     NOT_FOUND = 4404
     TIMEOUT = 4408
+    #: HTTP fallback only: the session is gone (expired, or the frames it missed
+    #: were dropped): open a new one, which resyncs.
+    SESSION_EXPIRED = 4410
     #: An update would grow the document past ``--max-doc-size``.
     DOCUMENT_TOO_LARGE = 4413
     #: The connection sent faster than ``--rate-messages`` / ``--rate-bytes``.
