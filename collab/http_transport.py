@@ -76,7 +76,7 @@ KEEP_REPLY_BYTES: Final = 64 * 1024
 #: Bytes of answers kept for POSTs served without their session.
 RECENT_BYTES: Final = 8 * 1024 * 1024
 #: Close code and reason of a session that is gone (expired or unknown).
-EXPIRED: Final = (CloseCode.SESSION_EXPIRED, "session expired")
+EXPIRED: Final[tuple[int, str]] = (CloseCode.SESSION_EXPIRED, "session expired")
 
 TIERS: Final = ("sse", "poll")
 STREAM_HEADERS: Final = {
