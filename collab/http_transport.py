@@ -261,6 +261,8 @@ class Session:
         self.attached = token
         self.stream = stream
         self.touched = self._hub.loop.time()
+        if self.conn is not None:
+            self.conn.alive()  # any request is the client's sign of life (answers a ping)
         self.wake()
         return token
 
@@ -293,6 +295,8 @@ class Session:
         while self._post is not None:
             await asyncio.shield(self._post)
         self.touched = self._hub.loop.time()
+        if self.conn is not None:
+            self.conn.alive()
         if seq is not None and seq <= self.last_seq:
             if seq < self.last_seq:
                 return b"", False

@@ -623,3 +623,17 @@ async def test_the_transport_bench_runs_small(tmp_path: Path) -> None:
     assert results["idle_memory"]["sse"]["count"] == 5
     assert results["many_sessions"]["sessions"] == 20
     assert "SSE sessions at once" in output.decode()
+
+
+async def test_the_server_heartbeat_keeps_quiet_http_sessions(
+    make_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    # A 1 s heartbeat pings (and drops after 0.5 s more) any connection that is
+    # silent; an HTTP session's stream, polls and POSTs are its signs of life.
+    server = await make_server(heartbeat=1.0)
+    sse = await make_client("doc", url=server.ws_url, transport="sse")
+    poll = await make_client("doc", url=server.ws_url, transport="poll")
+    await asyncio.sleep(4)
+    assert sse.connects == 1 and poll.connects == 1
+    sse.text().insert(0, "still ")
+    await poll.wait_for(lambda: "still" in str(poll.text()))
