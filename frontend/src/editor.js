@@ -24,6 +24,7 @@ import { openLocalCopy, storedText } from './local.js'
 import { deleteDocument, downloadDocument, explain, renameDocument } from './actions.js'
 import { menu, popover } from './dialog.js'
 import { mountHistory } from './history.js'
+import { SyncProgress } from './progress.js'
 
 // --- which document --------------------------------------------------------
 
@@ -54,6 +55,8 @@ const ytext = ydoc.getText('text')
 const conn = new Connection({ name, ydoc, readOnly: tokenReadOnly() })
 const provider = conn.provider
 const awareness = provider.awareness
+// A big document arrives in pieces: "Loading 45%", and no typing until it is all here.
+const progress = new SyncProgress(provider)
 
 let user = loadUser()
 awareness.setLocalStateField('user', user)
@@ -475,9 +478,10 @@ function render () {
   if (kind === 'connected' && !provider.wsconnected) kind = 'offline'
   statusEl.dataset.status = kind
   statusLabel.textContent = kind === 'removed' ? (state.renamed ? 'Renamed' : 'Deleted') : LABELS[kind]
+  if (kind === 'connected' && progress.loading) statusLabel.textContent = `Loading ${progress.percent}%`
   statusEl.title = syncNote.textContent = noteFor(kind)
   showBanner(bannerFor(state))
-  const open = conn.editable
+  const open = conn.editable && !progress.loading
   if (open !== editorOpen) {
     editorOpen = open
     view.dispatch({ effects: [editable.reconfigure(lockFor(open)), placeholderText.reconfigure(placeholderFor(open))] })
@@ -514,6 +518,7 @@ function noteFor (kind) {
 setInterval(() => { if (conn.state.kind === 'busy') { shownBanner = null; render() } }, 1000)
 
 conn.onChange(render)
+progress.onChange(render)
 provider.on('status', ({ status }) => {
   if (status === 'connected') {
     // Peers dropped our presence when the last connection closed, and they ignore
