@@ -152,8 +152,9 @@ class HttpLink:
         self.close_code: int | None = None
         self.close_reason = ""
         self._closed = False
-        #: How often the stream was resumed (a test reads it).
+        #: How often the stream was resumed, and whether it is open now.
         self.resumes = 0
+        self.streaming = False
 
     def _url(self, kind: str) -> str:
         return f"{self._base}{kind}/{self._name}"
@@ -214,6 +215,7 @@ class HttpLink:
     async def _stream(self, response: aiohttp.ClientResponse, events: Any) -> None:
         """Read the stream; when it breaks, resume it from the last event id."""
         failures = 0
+        self.streaming = True
         try:
             while True:
                 try:
@@ -222,6 +224,7 @@ class HttpLink:
                     failures = 0
                 except (StopAsyncIteration, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     response.close()
+                    self.streaming = False
                     failures += 1
                     if failures > RETRIES:
                         self._end(1006, f"stream lost: {exc!r}")
@@ -229,6 +232,7 @@ class HttpLink:
                     await asyncio.sleep(0.1 * 2**failures)
                     try:
                         response, events = await self._resume()
+                        self.streaming = True
                     except _Expired:
                         return
                     except (aiohttp.ClientError, OSError, TimeoutError, Buffered):
@@ -246,6 +250,7 @@ class HttpLink:
                         self._last = int(frame_id)
                     self._frames.put_nowait(base64.b64decode(payload))
         finally:
+            self.streaming = False
             response.close()
 
     async def _resume(self) -> tuple[aiohttp.ClientResponse, Any]:

@@ -21,6 +21,7 @@ from pycrdt import Doc, Text
 from collab import protocol
 from collab.auth import issue_token
 from collab.client import ConnectionClosed, Session
+from collab.client_links import HttpLink
 from collab.framing import decode_frames, encode_frames
 from collab.hooks import ConnectionEvent, Hooks, IncomingUpdate, Reject
 from collab.testing.netem import NetemProxy
@@ -637,3 +638,32 @@ async def test_the_server_heartbeat_keeps_quiet_http_sessions(
     assert sse.connects == 1 and poll.connects == 1
     sse.text().insert(0, "still ")
     await poll.wait_for(lambda: "still" in str(poll.text()))
+
+
+def link_streaming(session: Session) -> bool:
+    link = session._link
+    return isinstance(link, HttpLink) and link.streaming
+
+
+async def test_a_stream_dropped_mid_edit_resumes_without_a_new_connection(
+    server: InProcessServer, make_client: ClientFactory
+) -> None:
+    async with NetemProxy(server.ws_url) as proxy:
+        proxy.refuse_upgrade(["corp"])
+        ws = await make_client("doc")
+        behind = await make_client("doc", proxy=proxy, label="corp")
+        assert behind.transport == "sse"
+        for i in range(30):
+            ws.text().insert(0, f"w{i} ")
+            behind.text().insert(0, f"h{i} ")
+            if i in (10, 20):
+                # Once the stream is back: reset it (and any POST in flight).
+                await eventually(lambda: link_streaming(behind))
+                assert proxy.drop(["corp"]) >= 1
+            await asyncio.sleep(0.02)
+        text = await converged([ws, behind])
+        assert all(f"w{i} " in text and f"h{i} " in text for i in range(30))
+        link = behind._link
+        assert isinstance(link, HttpLink)
+        assert link.resumes >= 2  # resumed from Last-Event-ID ...
+        assert behind.connects == 1  # ... in the same session: no reconnect, no resync
