@@ -27,8 +27,15 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': backend,
-      '/ws': { target: backend.replace(/^http/, 'ws'), ws: true }
-    }
+      '/ws': { target: backend.replace(/^http/, 'ws'), ws: true },
+      // The HTTP fallback (clients/collab-transport) where WebSockets are blocked.
+      '/transport': backend,
+      '/sse': backend,
+      '/poll': backend,
+      '/send': backend
+    },
+    // collab-transport is linked from ../clients (a file: dependency).
+    fs: { allow: ['.', '../clients/collab-transport'] }
   },
   plugins: [
     {

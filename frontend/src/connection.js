@@ -7,6 +7,7 @@ import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import * as syncProtocol from 'y-protocols/sync'
 import { WebsocketProvider, messageAuth, messageSync } from 'y-websocket'
+import { CollabTransport, UPGRADE_REASON } from 'collab-transport'
 import { checkAccess, getToken, websocketBase } from './common.js'
 
 /** Close codes sent after the upgrade (collab/closecodes.py) and the state each one leads to. */
@@ -86,8 +87,11 @@ export class Connection {
     this.diagnosing = false
 
     const connection = this
-    // Remember the largest message sent: a 1009 can then say how big it was.
-    class MeasuredSocket extends WebSocket {
+    // CollabTransport (clients/collab-transport): a WebSocket where one gets
+    // through, else the same protocol over HTTP (Server-Sent Events or
+    // long-poll, and POST).  Remember the largest message sent: a 1009 can
+    // then say how big it was.
+    class MeasuredSocket extends CollabTransport {
       send (data) {
         const size = data.byteLength ?? data.length ?? 0
         if (size > connection.largestSent) connection.largestSent = size
@@ -140,6 +144,11 @@ export class Connection {
 
   get connected () {
     return this.provider.wsconnected
+  }
+
+  /** How this tab reaches the server: 'websocket', 'sse' or 'poll' (null while not connected). */
+  get transport () {
+    return this.provider.wsconnected ? this.provider.ws?.transport ?? null : null
   }
 
   onChange (listener) {
@@ -315,6 +324,10 @@ export class Connection {
     this.inFlight = []
     if (event == null) { // closed by this page (disconnect, or the silence watchdog)
       if (KEEPS_TYPING.has(this.state.kind) && this.state.kind !== 'busy') this.setState('offline')
+      return
+    }
+    if (event.reason === UPGRADE_REASON) { // leaving HTTP for a WebSocket that works again
+      if (this.state.kind === 'connected') this.setState('connecting')
       return
     }
     if (opened && Date.now() - this.openedAt > 30_000) this.backoff = 0

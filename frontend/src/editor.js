@@ -477,7 +477,9 @@ function render () {
   let kind = state.kind
   if (kind === 'connected' && !provider.wsconnected) kind = 'offline'
   statusEl.dataset.status = kind
+  statusEl.dataset.transport = conn.transport || '' // websocket, sse or poll (clients/collab-transport)
   statusLabel.textContent = kind === 'removed' ? (state.renamed ? 'Renamed' : 'Deleted') : LABELS[kind]
+  if (kind === 'connected' && conn.transport && conn.transport !== 'websocket') statusLabel.textContent += ' · HTTP'
   if (kind === 'connected' && progress.loading) statusLabel.textContent = `Loading ${progress.percent}%`
   statusEl.title = syncNote.textContent = noteFor(kind)
   showBanner(bannerFor(state))
