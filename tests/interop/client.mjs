@@ -30,7 +30,7 @@ import readline from 'node:readline'
 import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { createTransport } from '../../clients/collab-transport/src/index.js'
+import { createTransport } from 'collab-transport'
 
 const [url, room, syncTimeoutArg] = process.argv.slice(2)
 if (!url || !room) {
