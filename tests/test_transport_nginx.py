@@ -27,9 +27,10 @@ from playwright.async_api import Browser
 from pycrdt import Text
 
 import collab.app  # noqa: F401 - imported now, not on the first test's event loop
+from collab.auth import issue_token
 from collab.testing.server import InProcessServer, free_port
 from tests import test_browser as shared
-from tests.conftest import IN_CI, ClientFactory
+from tests.conftest import IN_CI, ClientFactory, ServerFactory
 from tests.helpers import text_of
 from tests.test_browser import WAIT_MS, Tab, open_tab
 
@@ -220,7 +221,11 @@ async def test_through_nginx_without_upgrade_headers_the_editor_works_over_http(
             "text.includes('while the proxy was down. ') && text.includes('meanwhile, directly. ')"
         )
     assert await behind.text() == await direct.text()
-    assert await transport(behind) == "sse"  # remembered for this server: no WebSocket wait
+    assert await transport(behind) == "sse"
+    remembered = await behind.page.evaluate(
+        "k => sessionStorage.getItem(k)", f"collab-transport:{proxy.url}/"
+    )
+    assert remembered is not None and '"tier":"sse"' in remembered  # no WebSocket wait next time
     assert await label(behind) == "Connected · HTTP"
     await direct.page.locator("#people .person-name", has_text="Ada Lovelace").wait_for()
 
@@ -258,3 +263,26 @@ async def test_behind_a_buffering_nginx_the_editor_settles_on_long_poll_within_1
     await page.locator("#people .person-name", has_text="Direct Bot").wait_for()
     me = bot.awareness.client_id
     await bot.wait_for(lambda: any("user" in s for c, s in bot.awareness.states.items() if c != me))
+
+
+async def test_over_http_a_token_expiring_while_open_gets_its_own_state_as_on_a_websocket(
+    browser: Browser, frontend_dist: Path, make_server: ServerFactory, nginx: NginxFactory
+) -> None:
+    secret = "transport-nginx-secret-of-32-bytes-or-more"
+    server = await make_server(auth_secret=secret, awareness_timeout=5)  # a 0.5 s tick
+    proxy = await nginx(port_of(server), NO_UPGRADE)
+    short = issue_token(secret, "plans", "write", 8)
+    tab = await open_tab(browser, proxy.url, "plans", query=f"?token={short}")
+    assert await transport(tab) == "sse"
+    await tab.type_at_end("before expiry. ")
+    # The server ends the session with 4401 (event: close); the provider sees
+    # that code, so the page asks for a token instead of retrying.
+    await tab.wait_status("expired")
+
+    fresh = issue_token(secret, "plans", "write", 600)
+    await tab.page.fill("#banner .token-input", fresh)
+    await tab.page.press("#banner .token-input", "Enter")
+    await tab.wait_status("connected")
+    assert await transport(tab) == "sse"
+    await tab.type_at_end("after.")
+    await tab.wait_text("text === arg", "before expiry. after.")
