@@ -301,13 +301,6 @@ class Connection:
         self._check_stalled()
         if self.closed:
             return
-        keepalive = self._keepalive
-        if keepalive is not None and self._writer is None and now - self._sent_at >= keepalive:
-            # Pings never reach a browser's JavaScript: only a message resets
-            # the stock client's timer, and a client busy uploading a big
-            # update receives nothing else (issue #16).
-            self.send(KEEPALIVE)
-            self.keepalives += 1
         if self._pinged_at is not None:
             if now - self._pinged_at >= interval / 2:
                 # A half-open socket would never complete a closing handshake.
@@ -322,6 +315,24 @@ class Connection:
                 return
             if rest is not None:  # the socket pushed back; finish it aside
                 self._loop.create_task(_ignore_errors(rest), name=f"collab-ping-{self.id}")
+
+    def keep_alive(self, now: float) -> None:
+        """Send the no-op awareness frame when nothing was sent for ``keepalive`` seconds.
+
+        Pings never reach a browser's JavaScript: only a message resets the
+        stock client's 30 s timer, and a client busy uploading a big update
+        receives nothing else (issue #16).  Called by the server-wide tick,
+        with or without a heartbeat.
+        """
+        keepalive = self._keepalive
+        if (
+            keepalive is not None
+            and not self.closed
+            and self._writer is None
+            and now - self._sent_at >= keepalive
+        ):
+            self.send(KEEPALIVE)
+            self.keepalives += 1
 
     # -- sending --------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class RoomManager:
             room.expire_awareness(now_ms)
             room.expire_waiting(now)
             for conn in list(room.connections):
+                conn.keep_alive(now)  # the no-op awareness frame to a silent socket (issue #16)
                 if heartbeat is not None:
                     conn.check_alive(now, heartbeat)
                 # A token that expires closes the sockets it opened (issue #18).

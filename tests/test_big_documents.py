@@ -19,6 +19,7 @@ from collab.closecodes import CloseCode
 from collab.connection import KEEPALIVE, Connection
 from collab.origins import LOCAL
 from collab.room import SPLIT_ASIDE_BYTES, Room, RoomLimits
+from collab.rooms import RoomManager
 from collab.store import MemoryStore
 from tests.fakes import MemoryChannel
 from tests.helpers import eventually
@@ -292,18 +293,33 @@ async def test_an_idle_connection_gets_the_no_op_awareness_frame() -> None:
     channel = MemoryChannel()
     conn = Connection(channel, doc="doc", peer="test", keepalive=10.0)
     now = asyncio.get_running_loop().time()
-    conn.check_alive(now + 5, 30.0)
+    conn.keep_alive(now + 5)
     assert channel.frames == []
-    conn.check_alive(now + 11, 30.0)
+    conn.keep_alive(now + 11)
     await settle()
     assert channel.frames == [KEEPALIVE]
     message = protocol.decode(KEEPALIVE)
     assert isinstance(message, protocol.AwarenessUpdate) and message.entries == ()
     sent_at = asyncio.get_running_loop().time()
-    conn.check_alive(sent_at + 5, 30.0)  # it counts as sent: not again before 10 s
+    conn.keep_alive(sent_at + 5)  # it counts as sent: not again before 10 s
     await settle()
     assert channel.frames == [KEEPALIVE]
-    conn.check_alive(sent_at + 10.5, 30.0)
+    conn.keep_alive(sent_at + 10.5)
     await settle()
     assert channel.frames == [KEEPALIVE, KEEPALIVE]
     assert conn.keepalives == 2
+
+
+async def test_the_tick_sends_keepalives_with_the_heartbeat_off() -> None:
+    manager = RoomManager(MemoryStore(), heartbeat=None)
+    room = await manager.acquire("doc")
+    conn, channel = join(room)
+    await settle()
+    sent = len(channel.frames)
+    loop = asyncio.get_running_loop()
+    conn._sent_at = loop.time() - 11  # as if it had been silent for 11 s
+    manager.tick()
+    await settle()
+    assert channel.frames[sent:] == [KEEPALIVE]
+    room.leave(conn)
+    await manager.close()
