@@ -8,8 +8,8 @@ link: the client reconnects and the transfer restarts from byte 0.  Sent in
 pieces it arrives on one connection, ``sync`` fires once, and a reconnect
 after a cut asks only for the rest.
 
-The runs at the speeds of the issue take a minute each: they are marked
-``slow`` (``COLLAB_SLOW_TESTS=1`` runs them).
+The runs at the speeds and sizes of the issue take a minute each: they are
+in ``tests/test_big_documents_slow.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pycrdt import Doc, Text
 from collab import protocol
 from collab.client import Session
 from collab.keys import MANAGER
-from collab.origins import LOCAL
 from collab.room import Room
 from collab.testing.netem import Direction, NetemProxy
 from collab.testing.server import InProcessServer
@@ -150,19 +149,12 @@ def big_document(size: int) -> tuple[bytes, str]:
 
 
 async def seed(server: InProcessServer, name: str, update: bytes) -> Room:
-    """Put ``update`` into document ``name`` and keep it loaded."""
+    """Put ``update`` into document ``name`` (as if loaded from the store) and keep it loaded."""
     manager = server.app[MANAGER]
     room = await manager.acquire(name)
     room.hold()
-    room.apply_update(update, LOCAL)
-    room.flush()
+    room.load(update)
     return room
-
-
-def slow() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        not os.environ.get("COLLAB_SLOW_TESTS"), reason="slow: COLLAB_SLOW_TESTS=1 runs it"
-    )
 
 
 async def download(
@@ -175,57 +167,11 @@ async def download(
     chunk: int,
 ) -> tuple[StockClient, str, int]:
     server = await make_server(sync_chunk_bytes=chunk)
-    update, digest = big_document(size)
+    update, digest = await asyncio.to_thread(big_document, size)
     await seed(server, "big", update)
     proxy = await proxy_to(server, proxies, rate)
     client: StockClient = await stock_client(await proxy.endpoint("js"), "big")
     return client, digest, len(update)
-
-
-@slow()
-@pytest.mark.timeout(240)
-async def test_the_stock_client_gets_70_MB_at_1_5_MB_s_on_one_connection(
-    make_server: ServerFactory, stock_client: Callable[..., Any], proxies: list[NetemProxy]
-) -> None:
-    client, digest, size = await download(
-        make_server, stock_client, proxies, size=70 * MB, rate=1.5 * MB, chunk=256 * 1024
-    )
-    await client.wait(lambda: bool(client.of("sync")), 150, "sync")
-    await asyncio.sleep(1)  # nothing more comes: no second sync, no reconnect
-    (synced,) = client.of("sync")
-    assert synced["sha256"] == digest
-    assert client.connects == 1 and not client.of("close")
-    assert synced["bytes"] >= 0.99 * size  # all of it on this one connection
-
-
-@slow()
-@pytest.mark.timeout(180)
-async def test_the_stock_client_gets_10_MB_at_256_KiB_s_on_one_connection(
-    make_server: ServerFactory, stock_client: Callable[..., Any], proxies: list[NetemProxy]
-) -> None:
-    client, digest, _ = await download(
-        make_server, stock_client, proxies, size=10 * MB, rate=256 * 1024, chunk=256 * 1024
-    )
-    await client.wait(lambda: bool(client.of("sync")), 120, "sync")
-    await asyncio.sleep(1)
-    (synced,) = client.of("sync")
-    assert synced["sha256"] == digest
-    assert client.connects == 1 and not client.of("close")
-
-
-@slow()
-@pytest.mark.timeout(180)
-async def test_without_pieces_the_stock_client_reconnects_and_never_syncs(
-    make_server: ServerFactory, stock_client: Callable[..., Any], proxies: list[NetemProxy]
-) -> None:
-    """The same 10 MB at 256 KiB/s as one sync step 2 (``--sync-chunk-bytes 0``)."""
-    client, _, _ = await download(
-        make_server, stock_client, proxies, size=10 * MB, rate=256 * 1024, chunk=0
-    )
-    # 40 s per attempt, and the client gives up after 30 s without a message.
-    await client.wait(lambda: len(client.of("close")) >= 2, 120, "two closes")
-    assert client.connects >= 2
-    assert not client.of("sync")
 
 
 @pytest.mark.timeout(90)
@@ -233,7 +179,7 @@ async def test_a_reconnect_after_a_cut_at_half_gets_at_most_55_percent(
     make_server: ServerFactory, stock_client: Callable[..., Any], proxies: list[NetemProxy]
 ) -> None:
     server = await make_server(sync_chunk_bytes=64 * 1024)
-    update, digest = big_document(3 * MB)
+    update, digest = await asyncio.to_thread(big_document, 3 * MB)
     await seed(server, "cut", update)
     proxy = await proxy_to(server, proxies, 1 * MB)
     client: StockClient = await stock_client(await proxy.endpoint("js"), "cut")
@@ -259,7 +205,7 @@ async def test_the_python_client_shows_the_progress_of_a_sync_in_pieces(
     make_server: ServerFactory, proxies: list[NetemProxy]
 ) -> None:
     server = await make_server(sync_chunk_bytes=64 * 1024)
-    update, digest = big_document(2 * MB)
+    update, digest = await asyncio.to_thread(big_document, 2 * MB)
     await seed(server, "progress", update)
     proxy = await proxy_to(server, proxies, 1 * MB)
     session = Session(await proxy.endpoint("py"), "progress")
@@ -283,35 +229,6 @@ async def test_the_python_client_shows_the_progress_of_a_sync_in_pieces(
         assert len({round(p, 2) for p in seen if 0 < p < 1}) >= 3
     finally:
         await session.close()
-
-
-@slow()
-@pytest.mark.timeout(240)
-async def test_a_60_MB_upload_through_1_MB_s_completes_without_a_client_timeout(
-    make_server: ServerFactory, stock_client: Callable[..., Any], proxies: list[NetemProxy]
-) -> None:
-    size = 60 * MB
-    # netem delivers a frame whole once the link could have carried it, so
-    # for 60 s the server sees no byte of this upload and the client's pong
-    # waits behind it: the server's heartbeat would drop it as unresponsive.
-    # On a real link the bytes trickle in and count as signs of life
-    # (test_an_upload_slower_than_the_heartbeat_is_not_dropped); here the
-    # heartbeat is off so that the client's own 30 s timer is what is tested.
-    server = await make_server(max_message_size=80 * MB, rate_bytes=80 * MB, heartbeat=0)
-    manager = server.app[MANAGER]
-    room = await manager.acquire("upload")
-    room.hold()
-    proxy = await proxy_to(server, proxies, 1 * MB)
-    client: StockClient = await stock_client(await proxy.endpoint("js"), "upload", size)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 150
-    while len(str(room.doc.get("text", type=Text))) < size:
-        assert loop.time() < deadline, "the upload did not arrive"
-        assert not client.of("close"), client.of("close")
-        await asyncio.sleep(0.5)
-    assert client.connects == 1 and not client.of("close")
-    (conn,) = room.connections
-    assert conn.keepalives >= 3  # ~60 s at one per 10 s of silence
 
 
 def masked_frame(payload: bytes) -> bytes:
