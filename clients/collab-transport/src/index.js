@@ -31,6 +31,8 @@ export const DEFAULTS = Object.freeze({
   storage: undefined,
   /** Extra request headers for the HTTP tiers (an object, or a function returning one), e.g. Authorization. */
   headers: undefined,
+  /** fetch()'s credentials for the HTTP tiers: 'include' sends cookies to a collab on another origin. */
+  credentials: 'same-origin',
   /** Which tiers may be used, in ladder order. */
   tiers: TIERS,
   /** A WebSocket that has not opened by then counts as failed. */
@@ -205,6 +207,7 @@ class Transport extends EventTarget {
     this._queue = []
     this._posting = false
     this._closing = null
+    this._probed = false // /transport/probe answered for this connection
     queueMicrotask(() => this._start())
   }
 
@@ -267,7 +270,10 @@ class Transport extends EventTarget {
     } else if (tiers.includes('websocket') && this._webSocketClass()) {
       this._tryWebSocket()
     } else {
-      this._probeThenHttp()
+      // No WebSocket to try: the HTTP tier itself tells "up" from "offline".
+      const tier = tiers.find((t) => t !== 'websocket')
+      if (tier) this._useHttp(tier)
+      else setTimeout(() => this._finish(1006, 'no tier is allowed', false), 0)
     }
   }
 
@@ -345,6 +351,7 @@ class Transport extends EventTarget {
     this._requests.delete(controller)
     if (this.readyState !== CONNECTING) return
     const tier = this._config.tiers.find((t) => t !== 'websocket')
+    this._probed = ok
     if (!ok) this._fail(1006, 'the server is unreachable')
     else if (!tier) this._fail(1006, 'WebSockets are blocked and no HTTP tier is allowed')
     else this._useHttp(tier)
@@ -383,12 +390,15 @@ class Transport extends EventTarget {
         if (!gotOpen && this._stream === controller) this._streamBuffered()
       })
     const current = () => this._stream === controller
+    let answered = false
     const run = async () => {
       const response = await this._fetch(endpointUrl(this.url, 'sse', params), {
         headers: { Accept: 'text/event-stream', ...this._headers() },
+        credentials: this._config.credentials,
         cache: 'no-store',
         signal: controller.signal
       })
+      answered = true
       if (!current()) return
       if (!response.ok) {
         this._clear(openTimer)
@@ -428,7 +438,10 @@ class Transport extends EventTarget {
     run().catch(() => {
       if (!current()) return
       this._clear(openTimer)
-      this._streamLost()
+      // No answer at all, and nothing showed that HTTP works: offline, not a
+      // proxy cutting streams (which answered, or let the probe through).
+      if (!answered && !this._probed && this.readyState === CONNECTING) this._fail(1006, 'the server is unreachable')
+      else this._streamLost()
     }).finally(() => this._requests.delete(controller))
   }
 
@@ -537,6 +550,7 @@ class Transport extends EventTarget {
       try {
         response = await this._fetch(endpointUrl(this.url, 'poll', params), {
           headers: this._headers(),
+          credentials: this._config.credentials,
           cache: 'no-store',
           signal: controller.signal
         })
@@ -612,6 +626,7 @@ class Transport extends EventTarget {
         method: 'POST',
         headers: { 'Content-Type': 'application/octet-stream', 'Collab-Seq': String(seq), ...this._headers() },
         body,
+        credentials: this._config.credentials,
         cache: 'no-store',
         signal: controller.signal
       })

@@ -5,7 +5,7 @@ import { UPGRADE_REASON, createTransport, rememberedTier } from '../src/index.js
 import { startServer } from './server.js'
 
 // Node 20 has a WebSocket only with --experimental-websocket (package.json's
-// test script passes it); without one the ladder starts at the probe.
+// test script passes it); without one the ladder starts at the stream.
 const hasWebSocket = typeof globalThis.WebSocket === 'function'
 
 const servers = []
@@ -68,7 +68,7 @@ test('a refused WebSocket steps down to SSE and behaves like an open socket', as
   assert.equal(socket.transport, 'sse')
   assert.deepEqual(seen.transports, ['sse'])
   assert.equal(server.state.upgrades, hasWebSocket ? 1 : 0)
-  assert.ok(server.state.requests.some((r) => r.kind === 'transport'), 'the probe was asked')
+  assert.equal(server.state.requests.some((r) => r.kind === 'transport'), hasWebSocket, 'the probe follows a failed WebSocket')
 
   server.push(Uint8Array.of(1, 1, 0))
   server.push(Uint8Array.of(0, 2, 5))
@@ -190,7 +190,8 @@ test('an unreachable server closes with 1006 and nothing is remembered', async (
   const Transport = createTransport({ storage: memory() })
   const { seen, closed } = open(Transport, url)
   assert.equal((await closed).code, 1006)
-  assert.deepEqual(seen.transports, [])
+  // After a failed WebSocket the probe fails: no HTTP tier is even tried.
+  assert.deepEqual(seen.transports, hasWebSocket ? [] : ['sse'])
   assert.equal(rememberedTier(url, Transport.config), null)
 })
 
@@ -266,4 +267,34 @@ test('on an HTTP tier a WebSocket is tried again later and taken when it works',
   const next = open(Transport, server.url())
   await next.opened
   assert.equal(next.socket.transport, 'websocket')
+})
+
+test('headers and credentials go with every request of a session, not with the probe', async () => {
+  const server = await serve({ pollHold: 200 })
+  const seen = []
+  const recordingFetch = (url, init = {}) => {
+    seen.push({ kind: new URL(url).pathname.split('/')[1], credentials: init.credentials })
+    return fetch(url, init)
+  }
+  for (const tiers of [['websocket', 'sse', 'poll'], ['poll']]) {
+    const Transport = createTransport({
+      storage: memory(),
+      tiers,
+      fetch: recordingFetch,
+      credentials: 'include',
+      headers: () => ({ Authorization: 'Bearer secret' })
+    })
+    const { socket, opened } = open(Transport, server.url())
+    await opened
+    socket.send(Uint8Array.of(1, 1, 0))
+    await until(() => server.state.posts.length === (tiers.length === 1 ? 2 : 1), 'a POST')
+  }
+  const session = server.state.requests.filter((r) => r.kind !== 'transport')
+  assert.deepEqual(new Set(session.map((r) => r.kind)), new Set(['sse', 'poll', 'send']))
+  assert.ok(session.every((r) => r.headers.authorization === 'Bearer secret'))
+  // The probe (after the refused WebSocket of the first round only) is anonymous.
+  const probe = server.state.requests.filter((r) => r.kind === 'transport')
+  assert.equal(probe.length, hasWebSocket ? 1 : 0)
+  assert.ok(probe.every((r) => r.headers.authorization === undefined))
+  assert.ok(seen.filter((r) => r.kind !== 'transport').every((r) => r.credentials === 'include'))
 })
