@@ -156,6 +156,18 @@ def targets(summary: dict[str, Any], servers: list[str]) -> list[dict[str, Any]]
             f"{entry.get('converged', 0)}/{entry.get('runs', 0)} runs converged",
             ok,
         )
+    # Issue #16: the big-document targets.
+    ratio("S7", "build_s", "y-websocket-server", 1, False, "S7 build ≤ @y/websocket-server's time")
+    for key, which in (("storm1_joins_per_s", "first"), ("stormN_joins_per_s", "later")):
+        ratio("S7", key, "y-websocket-server", 2, True, f"S7 {which} storm ≥ 2x joins/s")
+    typed = _median(summary, "S7", COLLAB, "keystrokes_per_s")
+    if "S7" in summary:
+        add(
+            "S7 typing at the end of 2 MB ≥ 2,000 keystrokes/s",
+            "no figure" if typed is None else f"{typed:,.0f}/s",
+            None if typed is None else typed >= 2000,
+        )
+    ratio("S7", "peak_rss_mb", "collab-unchunked", 1, False, "S7 peak RSS ≤ without pieces")
     if "collab-sqlite" in servers:
         mem = _median(summary, "S1", COLLAB, "deliveries_per_s")
         sql = _median(summary, "S1", "collab-sqlite", "deliveries_per_s")

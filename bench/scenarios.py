@@ -46,6 +46,11 @@ class Scenario:
             )
         if self.id == "S5":
             return f"{s['connections']:,} idle connections over {s['docs']} docs, then all close"
+        if self.id == "S7":
+            return (
+                f"{s['pastes']:,} appended pastes of {s['paste_kb']} KiB; {s['joiners']} joiners"
+                f" at once x {s['storms']}; typing at the end of {s['typing_mb']} MiB"
+            )
         if self.id == "S6":
             return (
                 f"{s['connections']:,} connections over {s['docs']:,} docs,"
@@ -155,5 +160,47 @@ SCENARIOS = [
         ],
     ),
 ]
+
+SCENARIOS.append(
+    Scenario(
+        "S7",
+        "big document",
+        full={
+            "scenario": "s7",
+            "pastes": 2000,
+            "paste_kb": 10,
+            "joiners": 20,
+            "storms": 3,
+            "typing_mb": 2,
+            "keystrokes": 5000,
+            "pace": 50,
+        },
+        smoke={
+            "scenario": "s7",
+            "pastes": 40,
+            "paste_kb": 10,
+            "joiners": 3,
+            "storms": 2,
+            "typing_mb": 0.3,
+            "keystrokes": 200,
+            "pace": 100,
+        },
+        metrics=[
+            Metric("build_s", "build from pastes", "s", False, phase="build", digits=2),
+            Metric("storm1_joins_per_s", "first storm: joins/s", "/s", True, digits=1),
+            Metric("stormN_joins_per_s", "later storms: joins/s", "/s", True, digits=1),
+            Metric("peak_rss_mb", "peak RSS in storms", "MiB", False, digits=0),
+            Metric(
+                "keystrokes_per_s",
+                "typing at the end: keystrokes/s",
+                "/s",
+                True,
+                phase="typing",
+                digits=0,
+            ),
+            Metric("typing_p99_ms", "typing latency p99", "ms", False, phase="typing", digits=2),
+        ],
+    )
+)
 
 BY_ID = {s.id: s for s in SCENARIOS}

@@ -91,6 +91,8 @@ HOOKED_FLAGS = (
 )
 
 NO_STATE = "no document state: a relay cannot serve late joiners"
+#: collab-unchunked runs only the big-document scenario: peak RSS with and without pieces.
+ONLY_S7 = "runs S7 only (collab without --sync-chunk-bytes)"
 
 
 def default_servers() -> list[ServerSpec]:
@@ -102,7 +104,16 @@ def default_servers() -> list[ServerSpec]:
         ServerSpec("collab-hooked", "collab", "sqlite", extra=HOOKED_FLAGS),
         ServerSpec("pycrdt-websocket", "pycrdt-websocket"),
         ServerSpec("y-websocket-server", "y-websocket-server"),
-        ServerSpec("relay", "relay", skips={"S4": NO_STATE}),
+        # The same as collab-memory, with a joiner's answer in one message
+        # (issue #16): S7's peak RSS with and without the sync in pieces.
+        ServerSpec(
+            "collab-unchunked",
+            "collab",
+            "memory",
+            skips={s: ONLY_S7 for s in ("S1", "S2", "S3", "S4", "S5", "S6")},
+            extra=("--sync-chunk-bytes", "0"),
+        ),
+        ServerSpec("relay", "relay", skips={"S4": NO_STATE, "S7": NO_STATE}),
     ]
 
 

@@ -25,9 +25,10 @@ SERVERS = [
     "collab-hooked",
     "pycrdt-websocket",
     "y-websocket-server",
+    "collab-unchunked",
     "relay",
 ]
-SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6"]
+SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,14 @@ def test_bench_smoke_run_converges_on_every_server(node: None, tmp_path: Path) -
     ]
     assert done.returncode == 0, f"{failed or done.stderr[-3000:]}"
     ran = {(r["scenario"], r["server"]) for r in report["runs"]}
-    # The relay keeps no document, so it has no late joiners (S4).
-    expected = {(s, v) for s in SCENARIOS for v in SERVERS if (s, v) != ("S4", "relay")}
+    # The relay keeps no document, so it has no late joiners (S4, S7);
+    # collab-unchunked is there for S7's memory with and without pieces.
+    expected = {
+        (s, v)
+        for s in SCENARIOS
+        for v in SERVERS
+        if (v != "relay" or s not in ("S4", "S7")) and (v != "collab-unchunked" or s == "S7")
+    }
     assert ran == expected
     assert (out / "bench.md").read_text().startswith("# collab bench (smoke")
     assert (out / "bench.png").stat().st_size > 10_000
@@ -75,4 +82,4 @@ def test_collab_bench_help_lists_the_scenarios() -> None:
         check=True,
     )
     assert "--smoke" in done.stdout
-    assert "S1,S2,S3,S4,S5,S6" in done.stdout
+    assert "S1,S2,S3,S4,S5,S6,S7" in done.stdout

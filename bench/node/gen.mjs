@@ -192,7 +192,10 @@ class Client {
     this.onStep2 = onStep2
     // A joiner being timed keeps the document to apply it after the clock stops.
     this.deferApply = deferApply
-    this.deferred = null
+    this.deferred = []
+    // Bytes of the sync messages up to the server's step 2: one step 2, or a
+    // collab server's pieces (sync updates, the last one a step 2).
+    this.syncBytes = 0
     this.syncedAt = 0
     this.ws = null
     this.synced = false
@@ -234,17 +237,19 @@ class Client {
       this.ws.send(reply)
       return
     }
+    if (!this.synced) this.syncBytes += buf.length
     if (msg.kind === 1 && !this.synced) {
       this.synced = true
       this.syncedAt = performance.now()
       if (this.onStep2) this.onStep2(msg.payload)
-      if (this.doc && this.deferApply) this.deferred = msg.payload
+      if (this.doc && this.deferApply) this.deferred.push(msg.payload)
       else if (this.doc) Y.applyUpdate(this.doc, msg.payload, REMOTE)
       if (this.onPayload) this.onPayload(msg.payload)
       this._sync()
       return
     }
-    if (this.doc) Y.applyUpdate(this.doc, msg.payload, REMOTE)
+    if (this.doc && this.deferApply && !this.synced) this.deferred.push(msg.payload)
+    else if (this.doc) Y.applyUpdate(this.doc, msg.payload, REMOTE)
     if (this.onPayload) this.onPayload(msg.payload)
   }
 
@@ -254,10 +259,8 @@ class Client {
 
   /** The full text, once the deferred document (if any) is applied. */
   text () {
-    if (this.deferred) {
-      Y.applyUpdate(this.doc, this.deferred, REMOTE)
-      this.deferred = null
-    }
+    for (const update of this.deferred) Y.applyUpdate(this.doc, update, REMOTE)
+    this.deferred = []
     return this.doc.getText('text').toString()
   }
 
@@ -301,7 +304,9 @@ class RawJoiner {
     this.port = Number(u.port)
     this.path = u.pathname
     this.syncedAt = 0
-    this.step2Length = -1 // length of the step 2 message
+    // Bytes of the sync messages up to the step 2 (one step 2, or pieces).
+    this.step2Length = -1
+    this._syncBytes = 0
     this.closedUnexpectedly = null
     this._http = Buffer.alloc(0)
     this._upgraded = false
@@ -404,9 +409,10 @@ class RawJoiner {
     if (!this._fin || this._opcode !== 2) return // a ping, or more fragments to come
     const [type, kind] = this._head
     if (type === 0 && kind === 0) this._send(EMPTY_STEP2)
+    if (type === 0 && (kind === 1 || kind === 2) && !this.syncedAt) this._syncBytes += this._msgLength
     if (type === 0 && kind === 1 && !this.syncedAt) {
       this.syncedAt = performance.now()
-      this.step2Length = this._msgLength
+      this.step2Length = this._syncBytes
       this._done()
     }
     this._head = []
@@ -734,12 +740,11 @@ scenarios.s4 = async (cfg) => {
   let refLength = 0
   const single = { seconds: 0, gen: 0, server: 0 }
   {
-    // A full joiner, untimed, checks the text and the size of a step 2.
-    let size = 0
-    const j = new Client(url, { doc: new Y.Doc(), deferApply: true, onStep2: (p) => { size = p.length } })
+    // A full joiner, untimed, checks the text and the size of the sync.
+    const j = new Client(url, { doc: new Y.Doc(), deferApply: true })
     await j.connect(cfg.timeout_ms)
     checkText(j.text(), script.text, 'a joiner')
-    refLength = 2 + varUint(size).length + size // the whole step 2 message
+    refLength = j.syncBytes
     await closeAll([j])
   }
   for (let i = 0; i < singleJoins; i++) {
@@ -783,24 +788,17 @@ scenarios.s4 = async (cfg) => {
   await sendAll(bigWriter, bigScript.frames)
   const bigRef = await fullState(bigWriter, cfg.timeout_ms)
   if (bigRef.length !== bigScript.text.length) throw new Failure(`20 MB document holds ${bigRef.length} chars`)
-  let bigMarkers = 0
-  let bigStep2 = 0
   const crowd = Array.from({ length: bigJoiners }, (_, i) => i > 0
     ? new RawJoiner(bigUrl)
-    : new Client(bigUrl, {
-      doc: new Y.Doc(),
-      deferApply: true,
-      onStep2: (p) => {
-        scanMarkers(p, (w, s) => { if (w === 9 && s < bigMb) bigMarkers++ })
-        bigStep2 = 2 + varUint(p.length).length + p.length
-      }
-    }))
+    : new Client(bigUrl, { doc: new Y.Doc(), deferApply: true }))
   const bigPhase = new Phase(cfg.server_pid)
   await Promise.all(crowd.map(c => c.connect(cfg.timeout_ms)))
   const bm = bigPhase.stop()
   const bigSeconds = (Math.max(...crowd.map(c => c.syncedAt)) - bigPhase.t0) / 1000
-  checkText(crowd[0].text(), bigScript.text, 'a 20 MB joiner')
-  if (bigMarkers !== bigMb) throw new Failure('the 20 MB joiner missed part of the document')
+  const bigStep2 = crowd[0].syncBytes
+  const bigText = crowd[0].text()
+  checkText(bigText, bigScript.text, 'a 20 MB joiner')
+  if (countMarkers(bigText) !== bigMb) throw new Failure('the 20 MB joiner missed part of the document')
   const short = crowd.slice(1).filter(c => c.step2Length !== bigStep2)
   if (short.length) throw new Failure(`${short.length} joiners got ${short[0].step2Length} bytes, not ${bigStep2}`)
   checkUnexpectedCloses([bigWriter, ...crowd])
@@ -822,18 +820,147 @@ scenarios.s4 = async (cfg) => {
   }
 }
 
-/** Ask for the whole document on an open connection; its step 2 comes after everything sent before. */
+/**
+ * S7 big document (issue #16): build a document from many appended pastes
+ * (time), storms of joiners at once on it (joins/s: the first storm, right
+ * after the build, and later ones; the server's peak RSS meanwhile), then
+ * typing at the end of another big document (keystrokes/s the server takes,
+ * and the latency to a reader at a steady pace).
+ */
+scenarios.s7 = async (cfg) => {
+  const { pastes, paste_kb: pasteKb, joiners, storms, typing_mb: typingMb, keystrokes, pace } = cfg
+  const url = cfg.url + `s7-${cfg.tag}`
+  const letters = 'abcdefghijklmnopqrstuvwxyz'
+  const paste = pasteKb * 1024
+  const script = scripted(11, text => {
+    for (let i = 0; i < pastes; i++) {
+      text.insert(text.length, letters[i % 26].repeat(paste - 16) + marker(11, i).padEnd(15, '.') + '\n')
+    }
+  })
+  // Build: every paste appended, as fast as the server takes them.
+  const writer = new Client(url)
+  await writer.connect()
+  const build = new Phase(cfg.server_pid)
+  await sendAll(writer, script.frames)
+  const reference = await fullState(writer, cfg.timeout_ms)
+  const built = build.stop()
+  checkText(reference, script.text, 'the built document')
+
+  // Storms of joiners at once: one full client checks the text, the rest count bytes.
+  const stormRates = []
+  let peakRss = 0
+  let stormPhase = null
+  for (let s = 0; s < storms; s++) {
+    const crowd = Array.from({ length: joiners }, (_, i) => i > 0
+      ? new RawJoiner(url)
+      : new Client(url, { doc: new Y.Doc(), deferApply: true }))
+    let sampling = true
+    const sampler = (async () => {
+      while (sampling) {
+        peakRss = Math.max(peakRss, serverStat(cfg.server_pid).rss)
+        await sleep(10)
+      }
+    })()
+    const phase = new Phase(cfg.server_pid)
+    await Promise.all(crowd.map(c => c.connect(cfg.timeout_ms)))
+    const p = phase.stop()
+    sampling = false
+    await sampler
+    if (s === 0) stormPhase = p
+    stormRates.push(joiners / ((Math.max(...crowd.map(c => c.syncedAt)) - phase.t0) / 1000))
+    checkText(crowd[0].text(), script.text, 'a joiner of the big document')
+    const size = crowd[0].syncBytes
+    const short = crowd.slice(1).filter(c => c.step2Length !== size)
+    if (short.length) throw new Failure(`${short.length} joiners got ${short[0].step2Length} bytes, not ${size}`)
+    checkUnexpectedCloses(crowd)
+    await closeAll(crowd)
+  }
+  checkUnexpectedCloses([writer])
+  await closeAll([writer])
+
+  // Typing at the end of a big document: a typist and a reader.
+  const typingUrl = cfg.url + `s7type-${cfg.tag}`
+  const base = scripted(12, text => {
+    const line = 'typing at the end of a big document, line after line.\n'
+    const block = line.repeat(Math.ceil(64 * 1024 / line.length))
+    for (let n = 0; n < typingMb * 1024 * 1024; n += block.length) text.insert(text.length, block)
+  })
+  // Keystrokes encoded beforehand: the generator's CPU goes to sending them.
+  const paced = Math.min(keystrokes, Math.max(50, Math.round(pace * 4)))
+  const typing = new Y.Doc()
+  typing.clientID = 13
+  Y.applyUpdate(typing, Y.encodeStateAsUpdate(base.doc))
+  const keyFrames = []
+  typing.on('update', u => keyFrames.push(updateFrame(u)))
+  const typed = typing.getText('text')
+  for (let i = 0; i < keystrokes + paced; i++) typed.insert(typed.length, letters[i % 26])
+  const typist = new Client(typingUrl)
+  await typist.connect()
+  await sendAll(typist, base.frames)
+  const reader = new Client(typingUrl, { doc: new Y.Doc() })
+  await reader.connect()
+  const startLength = base.text.length
+  await until(() => reader.doc.getText('text').length >= startLength, cfg.timeout_ms, () => 'the reader to get the document')
+  const readerText = reader.doc.getText('text')
+  const arrived = []
+  readerText.observe(() => { arrived.push([readerText.length, performance.now()]) })
+  // As fast as the server takes them.
+  const burst = new Phase(cfg.server_pid)
+  await sendAll(typist, keyFrames.slice(0, keystrokes), 1024 * 1024)
+  await until(() => readerText.length >= startLength + keystrokes, cfg.timeout_ms, () => `${keystrokes} keystrokes at the reader`)
+  const burstPhase = burst.stop()
+  // At a steady pace: the latency from the typist to the reader.
+  arrived.length = 0
+  const sentAt = []
+  const from = readerText.length
+  for (let i = 0; i < paced; i++) {
+    sentAt.push(performance.now())
+    typist.send(keyFrames[keystrokes + i])
+    await sleep(1000 / pace)
+  }
+  await until(() => readerText.length >= from + paced, cfg.timeout_ms, () => 'the paced keystrokes at the reader')
+  const latencies = []
+  let k = 0
+  for (const [length, at] of arrived) {
+    while (k < paced && from + k + 1 <= length) latencies.push(at - sentAt[k++])
+  }
+  latencies.sort((a, b) => a - b)
+  checkUnexpectedCloses([typist, reader])
+  await closeAll([typist, reader])
+  return {
+    metrics: {
+      build_s: built.seconds,
+      storm1_joins_per_s: stormRates[0],
+      stormN_joins_per_s: stormRates.length > 1 ? percentile(stormRates.slice(1).sort((a, b) => a - b), 0.5) : stormRates[0],
+      peak_rss_mb: peakRss / (1024 * 1024),
+      keystrokes_per_s: keystrokes / burstPhase.seconds,
+      typing_p99_ms: percentile(latencies, 0.99),
+      doc_bytes: reference.length
+    },
+    phase: stormPhase,
+    phases: { build: built, typing: burstPhase }
+  }
+}
+
+/**
+ * Ask for the whole document on an open connection; its step 2 comes after
+ * everything sent before (a collab server may send it in pieces: sync
+ * updates, the last one a step 2).
+ */
 function fullState (client, timeoutMs) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Failure('no full state from the server')), timeoutMs)
     const ws = client.ws
+    const pieces = []
     const onMessage = (buf) => {
       const msg = parseSync(buf)
-      if (msg === null || msg.kind !== 1) return
+      if (msg === null || msg.kind === 0) return
+      pieces.push(msg.payload)
+      if (msg.kind !== 1) return
       ws.off('message', onMessage)
       clearTimeout(timer)
       const doc = new Y.Doc()
-      Y.applyUpdate(doc, msg.payload)
+      for (const piece of pieces) Y.applyUpdate(doc, piece)
       resolve(doc.getText('text').toString())
     }
     ws.on('message', onMessage)
