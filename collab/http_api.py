@@ -334,11 +334,28 @@ async def post_update(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_update", "empty body: expected a binary Yjs update")
     manager = request.app[MANAGER]
     room = await manager.acquire(name)
+    room.hold()  # it waits for the end of the turn: the room must stay
     try:
-        _apply(request, room, body)
+        await _submit(request, room, body)
     finally:
+        room.release()
         manager.release_if_idle(room)
     return web.json_response({"state_vector": _b64(room.doc.get_state())})
+
+
+async def _submit(request: web.Request, room: Room, update: bytes) -> None:
+    """``_apply``, merged with the other updates POSTed in the same event-loop turn:
+    appending to a big document costs yrs time in proportion to it per update
+    applied (issue #16)."""
+    try:
+        await room.submit(update, LOCAL)
+    except ProtocolError as exc:
+        if exc.code == CloseCode.DOCUMENT_TOO_LARGE:
+            limit = request.app[SETTINGS].max_doc_size
+            raise ApiError(
+                413, "too_large", f"the document would exceed --max-doc-size ({limit} bytes)"
+            ) from None
+        raise ApiError(400, "invalid_update", exc.reason) from None
 
 
 def _apply(request: web.Request, room: Room, update: bytes) -> None:

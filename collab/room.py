@@ -199,6 +199,9 @@ class Room:
         self._inbox: dict[Connection, list[bytes]] = {}
         self._inbox_bytes = 0
         self._inbox_handle: asyncio.Handle | None = None
+        #: Updates submitted this turn by server code (HTTP), applied merged.
+        self._submitted: list[tuple[bytes, Origin, asyncio.Future[None]]] = []
+        self._submit_handle: asyncio.Handle | None = None
         #: Bumped by every change: answers computed aside are cached only if
         #: the document did not change meanwhile.
         self._version = 0
@@ -228,10 +231,15 @@ class Room:
         """Stop background work; ``flush=False`` drops unsent changes (deletion)."""
         if flush:
             self._integrate()
+            self._apply_submitted()
             self._flush()
         else:
             self._drop_inbox()
             self._pending.clear()
+            for _, _, future in self._submitted:
+                if not future.done():
+                    future.set_exception(ProtocolError(CloseCode.NOT_FOUND, "document deleted"))
+            self._submitted.clear()
         self.doc.unobserve(self._doc_sub)
 
     def hold(self) -> None:
@@ -324,6 +332,43 @@ class Room:
                 if self._metrics is not None:
                     self._metrics.refused(exc.code.name.lower())
                 conn.close(exc.code, exc.reason)
+
+    def submit(self, update: bytes, origin: Origin) -> asyncio.Future[None]:
+        """Apply ``update`` at the end of this turn, merged with the others submitted
+        in it by the same origin (``POST .../update``); the future fails with the
+        ``ProtocolError`` that refused this update, as ``apply_update`` would raise."""
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._submitted.append((update, origin, future))
+        if self._submit_handle is None:
+            self._submit_handle = self._loop.call_soon(self._apply_submitted)
+        return future
+
+    def _apply_submitted(self) -> None:
+        if self._submit_handle is not None:
+            self._submit_handle.cancel()
+            self._submit_handle = None
+        batch, self._submitted = self._submitted, []
+        by_origin: dict[Origin, list[tuple[bytes, asyncio.Future[None]]]] = {}
+        for update, origin, future in batch:
+            by_origin.setdefault(origin, []).append((update, future))
+        for origin, items in by_origin.items():
+            live = [(u, f) for u, f in items if not f.done()]
+            if len(live) > 1:
+                try:
+                    self.apply_update(_merge_received([u for u, _ in live]), origin)
+                except ProtocolError:
+                    pass  # one of them is refused: find which, one by one
+                else:
+                    for _, future in live:
+                        future.set_result(None)
+                    continue
+            for update, future in live:
+                try:
+                    self.apply_update(update, origin)
+                except ProtocolError as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
 
     def _drop_inbox(self) -> None:
         if self._inbox_handle is not None:

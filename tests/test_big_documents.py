@@ -11,16 +11,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from pycrdt import Doc, Text
 
 from collab import protocol
 from collab.closecodes import CloseCode
 from collab.connection import KEEPALIVE, Connection
+from collab.keys import MANAGER
 from collab.origins import LOCAL
+from collab.protocol import ProtocolError
 from collab.room import SPLIT_ASIDE_BYTES, Room, RoomLimits
 from collab.rooms import RoomManager
 from collab.store import MemoryStore
+from tests.conftest import ServerFactory
 from tests.fakes import MemoryChannel
 from tests.helpers import eventually
 
@@ -158,6 +162,61 @@ async def test_a_size_limit_refuses_the_turn_with_4413() -> None:
     assert conn.close_code == CloseCode.DOCUMENT_TOO_LARGE
     assert text(room.doc) == ""
     await room.close()
+
+
+async def test_updates_submitted_in_one_turn_are_applied_as_one_transaction(room: Room) -> None:
+    client: Doc[Any] = Doc()
+    typed = client.get("text", type=Text)
+    updates = []
+    for word in ("one ", "two ", "three "):
+        before = client.get_state()
+        typed += word
+        updates.append(client.get_update(before))
+    transactions: list[bytes] = []
+    room.doc.observe(lambda event: transactions.append(event.update))
+    await asyncio.gather(*(room.submit(u, LOCAL) for u in updates))
+    assert len(transactions) == 1
+    assert text(room.doc) == "one two three "
+
+
+async def test_a_refused_submission_fails_alone(room: Room) -> None:
+    client: Doc[Any] = Doc()
+    client.get("text", type=Text).insert(0, "kept")
+    good = room.submit(client.get_update(), LOCAL)
+    bad = room.submit(b"\x01\x02\x03garbage", LOCAL)
+    await good
+    with pytest.raises(ProtocolError):
+        await bad
+    assert text(room.doc) == "kept"
+
+
+async def test_concurrent_posts_of_appends_all_arrive(make_server: ServerFactory) -> None:
+    server = await make_server()
+    client: Doc[Any] = Doc()
+    typed = client.get("text", type=Text)
+    bodies = []
+    for i in range(30):
+        before = client.get_state()
+        typed += f"line {i}\n"
+        bodies.append(client.get_update(before))
+    url = f"{server.http_url}/api/docs/posted/update"
+    async with aiohttp.ClientSession() as http:
+
+        async def post(body: bytes) -> int:
+            async with http.post(url, data=body) as resp:
+                return resp.status
+
+        statuses = await asyncio.gather(*(post(b) for b in [*bodies, b"\x05garbage"]))
+    assert statuses == [200] * 30 + [400]
+    room = server.app[MANAGER].rooms.get("posted")
+    doc: Doc[Any] = Doc()
+    if room is not None:
+        doc.apply_update(room.doc.get_update())
+    else:
+        stored = await server.app[MANAGER].store.load("posted")
+        assert stored is not None
+        doc.apply_update(stored)
+    assert text(doc) == str(typed)
 
 
 # -- the initial sync in pieces -----------------------------------------------------------
