@@ -325,7 +325,10 @@ class Transport extends EventTarget {
       }
       this._ws = ws
       forgetTier(this.url, this._config)
-      ws.onmessage = (event) => this._emit('message', { data: event.data })
+      ws.onmessage = (event) => {
+        const data = typeof event.data === 'string' ? event.data : this._messageData(new Uint8Array(event.data))
+        this._emit('message', { data })
+      }
       ws.onerror = () => this._emit('error')
       ws.onclose = (event) => {
         this._teardown()
