@@ -129,6 +129,28 @@ async def test_behind_a_buffering_proxy_the_stock_client_picks_long_poll_within_
         await converge_and_see_each_other(http, ws)
 
 
+async def test_a_stream_cut_by_the_network_resumes_without_the_provider_noticing(
+    server: InProcessServer, start_js: StartJs, make_js_client: JsClientFactory
+) -> None:
+    async with NetemProxy(server.ws_url) as proxy:
+        proxy.refuse_upgrade(["corp"])
+        ws = await make_js_client("cut")
+        http = await start_js(await proxy.endpoint("corp"), "cut")
+        assert (await transport_of(http))[0] == "sse"
+        await ws.insert(0, "before the cut. ")
+        await http.wait_text("before the cut. ")
+
+        assert proxy.drop(["corp"]) >= 1  # the stream's connection is reset
+        await ws.insert(16, "during the cut. ")  # sent while the stream is down
+        await http.wait_text("before the cut. during the cut. ")
+        await http.insert(0, "after: ")
+        await ws.wait_text("after: before the cut. during the cut. ")
+
+        # The stream resumed from its last event: the provider never saw a close.
+        names = event_names((await transport_of(http))[1])
+        assert names.count("connected") == 1 and "disconnected" not in names, names
+
+
 async def test_when_websockets_work_the_transport_is_a_plain_websocket(
     server: InProcessServer, start_js: StartJs
 ) -> None:
