@@ -32,7 +32,7 @@ from collab.testing.server import InProcessServer, free_port
 from tests import test_browser as shared
 from tests.conftest import IN_CI, ClientFactory, ServerFactory
 from tests.helpers import text_of
-from tests.test_browser import WAIT_MS, Tab, open_tab
+from tests.test_browser import ARTIFACTS, WAIT_MS, Tab, open_tab
 
 # The Chromium, build, browser and loop-check fixtures of test_browser.py, by name.
 chromium = shared.chromium
@@ -43,6 +43,7 @@ event_loop_is_never_blocked = shared.event_loop_is_never_blocked
 pytestmark = pytest.mark.timeout(120)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+SHOTS = ARTIFACTS / "editor"
 
 #: A proxy that does not pass WebSockets: no Upgrade/Connection headers, so an
 #: upgrade arrives as a plain GET.  Host is kept, as any real deployment does
@@ -194,6 +195,8 @@ async def test_through_nginx_without_upgrade_headers_the_editor_works_over_http(
 
     assert await transport(behind) == "sse"
     assert await label(behind) == "Connected · HTTP"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await behind.page.screenshot(path=SHOTS / "connected-over-http.png")
     assert await transport(direct) == "websocket"
     assert await label(direct) == "Connected"
     assert " 101 " not in proxy.requests()  # no WebSocket ever got through nginx
