@@ -1,26 +1,24 @@
 """Every error of the HTTP API as JSON: ``{"error": "<stable_code>", "message": "..."}``.
 
-Handlers raise ``ApiError``; the middleware turns it, and every other
-failure under ``/api/`` (aiohttp's own 404/405/413, a plain-text
-``HTTPException``, an unexpected exception), into that JSON shape, so a
+Handlers raise ``ApiError``; ``json_errors`` turns it, and every other
+failure of an API route (aiohttp's own 413, a plain-text ``HTTPException``,
+an unexpected exception), into that JSON shape, and ``no_route`` answers
+paths under ``/api/`` that match no route (404, 405), so a
 client can branch on ``error`` without parsing prose.  The codes are listed
 in docs/http-api.md; they are part of the API and do not change.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 log = logging.getLogger("collab.http")
-
-#: Routes the middleware speaks for contain this.
-PREFIX = "/api/"
 
 #: The code of a plain-text error, by HTTP status.
 _STATUS_CODES = {
@@ -79,41 +77,45 @@ async def json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def is_api(request: web.Request) -> bool:
-    """Whether the request is for the API (also when the app is mounted under a prefix)."""
-    resource = request.match_info.route.resource
-    if resource is not None:
-        return PREFIX in resource.canonical
-    # No route matched: judge by the path.
-    return PREFIX in request.path or request.path.endswith(PREFIX.rstrip("/"))
+def json_errors(handler: Handler) -> Handler:
+    """``handler`` answering every failure with a JSON error (an API route's last wrapper)."""
+
+    @functools.wraps(handler)
+    async def api_route(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise  # a redirect, or a JSON error already (auth, guard)
+            return _as_json(request, exc)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return error_response(
+                500, "internal_error", "the server failed to answer this request; it was logged"
+            )
+
+    return api_route
 
 
-@web.middleware
-def json_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-    """Answer every failure under ``/api/`` with a JSON error; leave other paths alone.
-
-    Not a coroutine for other paths: a WebSocket's request lasts as long as the
-    connection, and a middleware coroutine would stay suspended beside it.
-    """
-    if not is_api(request):
-        return handler(request)
-    return _json_errors(request, handler)
-
-
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400 or exc.content_type == "application/json":
-            raise  # a redirect, or a JSON error already (auth, guard)
-        return _as_json(request, exc)
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+async def no_route(request: web.Request) -> web.StreamResponse:
+    """The API's answer where no route matches: JSON 405 (with Allow) or 404 ``no_route``."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    allowed.discard("*")
+    if allowed:
+        listed = ", ".join(sorted(allowed))
         return error_response(
-            500, "internal_error", "the server failed to answer this request; it was logged"
+            405,
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path!r} (allowed: {listed})",
+            {"Allow": listed},
         )
+    return error_response(404, "no_route", f"there is no API route {request.path!r}")
 
 
 def _as_json(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -121,11 +123,5 @@ def _as_json(request: web.Request, exc: web.HTTPException) -> web.Response:
     message = exc.text or exc.reason
     if message == f"{exc.status}: {exc.reason}":  # aiohttp's placeholder text
         message = exc.reason
-    if request.match_info.http_exception is not None:  # no route matched
-        if exc.status == 404:
-            code, message = "no_route", f"there is no API route {request.path!r}"
-        elif exc.status == 405:
-            allowed = exc.headers.get("Allow", "")
-            message = f"{request.method} is not allowed on {request.path!r} (allowed: {allowed})"
     headers = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
     return error_response(exc.status, code, message, headers)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import Settings
-from .guard import guard_middleware
+from .guard import GUARD, Guard, add_route
 from .http_api import setup_api
 from .http_transport import setup_http_transport
 from .keys import (
@@ -28,7 +28,7 @@ from .keys import (
 from .metrics import CONTENT_TYPE
 from .rlimits import DescriptorWatch
 from .static import setup_frontend
-from .ws import connection_limits, websocket_handler
+from .ws import connection_limits, websocket_route
 
 if TYPE_CHECKING:
     from .server import Server
@@ -55,13 +55,15 @@ def build_app(server: Server, *, frontend: bool = True) -> web.Application:
         raise ValueError("auth_secret is empty: give a secret, or None for an open server")
     app = web.Application(
         client_max_size=settings.max_message_size,
-        middlewares=[guard_middleware(settings)],
+        # No middlewares: every route is registered behind the Guard instead
+        # (guard.add_route says why).
         # aiohttp closes a connection that has not sent a complete request
         # within keepalive_timeout of connecting or of its last response:
         # the slowloris defence (aiohttp >= 3.14.4 starts the timer at connect).
         # (A sub-application's handler_args are its parent's to set.)
         handler_args={"keepalive_timeout": settings.request_timeout},
     )
+    app[GUARD] = Guard(settings)
     app[SERVER] = server
     app[SETTINGS] = settings
     app[METRICS] = server.metrics
@@ -71,10 +73,10 @@ def build_app(server: Server, *, frontend: bool = True) -> web.Application:
     app.cleanup_ctx.append(_descriptors_ctx)
     app.on_shutdown.append(server.going_away)
     # [\s\S]: "." would not match a newline (%0A) in a document name.
-    app.router.add_get(r"/ws/{doc:[\s\S]+}", websocket_handler)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
+    add_route(app, "GET", r"/ws/{doc:[\s\S]+}", websocket_route)
+    add_route(app, "GET", "/healthz", _healthz)
+    add_route(app, "GET", "/readyz", _readyz)
+    add_route(app, "GET", "/metrics", _metrics)
     setup_api(app)
     setup_http_transport(app)
     if frontend:

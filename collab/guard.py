@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.abc import AbstractView
 
 from .auth import json_error
 from .config import Settings
@@ -101,23 +102,26 @@ def changes_state(request: web.Request) -> bool:
     return request.method not in SAFE_METHODS or "Upgrade" in request.headers
 
 
-def guard_middleware(settings: Settings) -> Middleware:
-    """The Origin and Host checks as an aiohttp middleware, built once per app."""
-    hosts = HostPolicy.from_settings(settings)
-    origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origin)
-    open_server = settings.auth_secret is None
+class Guard:
+    """The Origin and Host checks of one app, built once from its settings."""
 
-    # Not a coroutine: checks first, then the handler's own awaitable, so a
-    # WebSocket (whose request lasts as long as it) keeps no frame of ours.
-    @web.middleware
-    def guard(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    __slots__ = ("hosts", "open_server", "origins")
+
+    def __init__(self, settings: Settings) -> None:
+        self.hosts = HostPolicy.from_settings(settings)
+        self.origins = frozenset(o.rstrip("/").lower() for o in settings.allowed_origin)
+        self.open_server = settings.auth_secret is None
+
+    def check(self, request: web.Request) -> None:
+        """Raise a JSON 403 when ``request`` comes from a Host or Origin not allowed."""
         host = request.headers.get("Host")
+        hosts = self.hosts
         if hosts is not None and host is not None and not hosts.allows(host):
             hint = "add --allowed-host " + hostname(host)
-            if open_server:
+            if self.open_server:
                 hint += " or set --auth-secret"
             _refuse(request, "host", "host_not_allowed", f"host {host!r} is not allowed ({hint})")
-        if changes_state(request) and not origin_allowed(request, origins):
+        if changes_state(request) and not origin_allowed(request, self.origins):
             origin = request.headers["Origin"]
             _refuse(
                 request,
@@ -125,9 +129,57 @@ def guard_middleware(settings: Settings) -> Middleware:
                 "origin_not_allowed",
                 f"origin {origin!r} is not allowed (add --allowed-origin {origin.rstrip('/')})",
             )
-        return handler(request)
 
-    return guard
+
+GUARD = web.AppKey("guard", Guard)
+
+#: What a route's handler may be: a coroutine function, or a plain function that
+#: returns an awaitable (so that a long-lived request keeps no frame of its own).
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class GuardedRoute(AbstractView):
+    """A route behind its app's ``Guard``: the checks, then the handler's own awaitable.
+
+    collab's app has no aiohttp middleware: any middleware makes aiohttp keep
+    a coroutine suspended beside every request for as long as it lasts, and a
+    WebSocket's request lasts as long as the connection (S5: bytes per idle
+    connection).  A class-based view awaits as the handler's awaitable itself,
+    so a guarded WebSocket costs no frame.
+    """
+
+    #: The guard and the handler (set per route by ``guarded``).
+    route: ClassVar[tuple[Guard, RouteHandler]]
+
+    def __await__(self) -> Generator[Any, None, web.StreamResponse]:
+        request = self.request
+        guard, handler = self.route
+        guard.check(request)
+        return handler(request).__await__()
+
+
+def guarded(guard: Guard, handler: RouteHandler) -> type[GuardedRoute]:
+    """``handler`` as a route behind ``guard``."""
+    name = getattr(handler, "__name__", "route")
+    return type(name, (GuardedRoute,), {"route": (guard, handler)})
+
+
+def add_route(
+    app: web.Application, method: str, path: str, handler: RouteHandler, **kwargs: Any
+) -> web.AbstractRoute:
+    """Register ``handler`` behind the app's guard: every collab route goes through here
+    (``tests/test_guard.py`` checks that none is left out)."""
+    view = guarded(app[GUARD], handler)
+    if method == "GET":  # as add_get: HEAD too
+        return app.router.add_get(path, view, **kwargs)
+    return app.router.add_route(method, path, view, **kwargs)
+
+
+def add_routes(app: web.Application, table: Iterable[web.AbstractRouteDef]) -> None:
+    """Register a ``RouteTableDef`` behind the app's guard."""
+    for route in table:
+        assert isinstance(route, web.RouteDef), route
+        add_route(app, route.method, route.path, route.handler, **route.kwargs)
 
 
 def _refuse(request: web.Request, metric: str, code: str, message: str) -> None:

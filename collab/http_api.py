@@ -29,14 +29,15 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import render
-from .apierror import ApiError, json_errors, json_object
+from .apierror import ApiError, json_errors, json_object, no_route
 from .auth import AuthError, authenticate, request_of
 from .closecodes import CloseCode
+from .guard import add_route
 from .hooks import Principal
 from .keys import HOOKS, MANAGER, METRICS, SETTINGS, STORE
 from .origins import LOCAL
 from .protocol import ProtocolError
-from .ratelimit import rate_limit_middleware
+from .ratelimit import rate_limit
 from .readcache import ReadCache
 from .render import Renderer, RendererBusy, RenderError
 from .room import Room
@@ -95,16 +96,17 @@ def setup_api(app: web.Application) -> None:
     """Add the API's routes, its JSON errors and rate limit, and its workers' lifecycle."""
     settings = app[SETTINGS]
     app[API] = ApiState()
-    app.middlewares.append(json_errors)
-    limit = rate_limit_middleware(settings.api_rate, settings.auth_secret)
-    if limit is not None:
-        app.middlewares.append(limit)
-    app.router.add_routes(token_routes)
     from .history_api import routes as history_routes
 
+    limit = rate_limit(settings.api_rate, settings.auth_secret)
     # Before ours: GET {DOC} would take ".../history" for a document name.
-    app.router.add_routes(history_routes)
-    app.router.add_routes(routes)
+    for route in (*token_routes, *history_routes, *routes):
+        assert isinstance(route, web.RouteDef), route
+        handler = json_errors(limit(route.handler))
+        add_route(app, route.method, route.path, handler, **route.kwargs)
+    # Last: what matches no route under /api/ still answers JSON.
+    add_route(app, "*", "/api", no_route)
+    add_route(app, "*", r"/api/{tail:[\s\S]*}", no_route)
     app.on_cleanup.append(_close)
 
 

@@ -47,7 +47,7 @@ from .channel import Kind, Received
 from .closecodes import CloseCode
 from .connection import Connection
 from .framing import FramingError, decode_frames, encode_frames
-from .guard import origin_allowed
+from .guard import add_route, origin_allowed
 from .keys import HOOKS, LOOP_CONTEXT, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS
 from .loop import serve
 from .ws import document_name, peer_of
@@ -867,8 +867,8 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 def setup_http_transport(app: web.Application) -> None:
     """Add the HTTP fallback routes (``/sse``, ``/poll``, ``/send``, ``/transport/probe``)."""
     app.cleanup_ctx.append(_sessions_ctx)
-    app.router.add_get("/transport/probe", probe_handler)
+    add_route(app, "GET", "/transport/probe", probe_handler)
     # [\s\S]: "." would not match a newline (%0A) in a document name.
-    app.router.add_get(r"/sse/{doc:[\s\S]+}", sse_handler)
-    app.router.add_get(r"/poll/{doc:[\s\S]+}", poll_handler)
-    app.router.add_post(r"/send/{doc:[\s\S]+}", send_handler)
+    add_route(app, "GET", r"/sse/{doc:[\s\S]+}", sse_handler)
+    add_route(app, "GET", r"/poll/{doc:[\s\S]+}", poll_handler)
+    add_route(app, "POST", r"/send/{doc:[\s\S]+}", send_handler)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from . import protocol
 from .channel import Channel, Kind
@@ -36,6 +38,8 @@ from .store import CorruptDocument, StoreError
 
 log = logging.getLogger("collab.loop")
 
+R_co = TypeVar("R_co", covariant=True)
+
 #: Frames handled from one connection before the loop lets other tasks run.
 YIELD_EVERY = 64
 
@@ -56,23 +60,68 @@ class Context:
     hooks: HookRunner
 
 
-async def serve(
+class Opening(Protocol[R_co]):
+    """A transport's side of opening a connection: authenticate and open its channel."""
+
+    async def open(self) -> tuple[Connection, Channel] | None:
+        """The connection and its channel, or None when refused (and answered)."""
+
+    @property
+    def response(self) -> R_co:
+        """What the transport's request handler returns, once ``open`` ran."""
+
+
+class _Opened:
+    """An ``Opening`` whose connection is already open."""
+
+    __slots__ = ("_opened",)
+
+    def __init__(self, conn: Connection, channel: Channel) -> None:
+        self._opened = (conn, channel)
+
+    async def open(self) -> tuple[Connection, Channel]:
+        return self._opened
+
+    @property
+    def response(self) -> None:
+        return None
+
+
+def serve(
     conn: Connection,
     channel: Channel,
     ctx: Context,
     transport: Transport,
     *,
     label: str | None = None,
-) -> None:
-    """Serve ``conn`` until it closes; never raises for anything the client did.
+) -> Coroutine[Any, Any, None]:
+    """Serve ``conn`` (already open on ``channel``) until it closes; see ``run``."""
+    return run(_Opened(conn, channel), ctx, transport, label=label)
+
+
+async def run(
+    opening: Opening[R_co],
+    ctx: Context,
+    transport: Transport,
+    *,
+    label: str | None = None,
+) -> R_co:
+    """Open a connection and serve it until it closes; never raises for anything the
+    client did.  Returns the opening's response.
 
     ``label`` is the ``transport`` label of the connection metrics (the
     HTTP fallback's "sse" and "poll" are both the hooks' "http").
 
-    One coroutine from admission to the close line (no helper coroutine for
-    the receive loop): an idle connection is suspended here and in the
-    transport's receive, nowhere else.
+    One coroutine from authentication to the close line (``open`` returns
+    before the loop starts, and there is no helper coroutine for the receive
+    loop): an idle connection is suspended here and in the transport's
+    receive, nowhere else (S5: bytes per idle connection).
     """
+    opened = await opening.open()
+    if opened is None:
+        return opening.response
+    conn, channel = opened
+    del opened  # the frame lives as long as the connection: keep no more than it needs
     manager, metrics, hooks = ctx.manager, ctx.metrics, ctx.hooks
     manager.connection_count += 1
     label = label or transport
@@ -81,7 +130,7 @@ async def serve(
     try:
         room = await _admit(conn, ctx)
         if room is None:
-            return
+            return opening.response
         if hooks.wants("on_connect"):
             hooks.emit("on_connect", _event(conn, transport))
         gate_updates = hooks.wants("before_update")
@@ -101,19 +150,19 @@ async def serve(
                 if not conn.received(len(frame)):
                     metrics.refused("rate_limited")
                     conn.close(CloseCode.RATE_LIMITED, "sending too fast")
-                    return
+                    break
                 try:
                     message = room.decode(frame)
                     if gate_updates or gate_awareness:
                         if not await _gate(conn, room, message, ctx, gate_updates, gate_awareness):
                             continue
                         if conn.closed or conn not in room.connections:
-                            return
+                            break
                     room.receive(conn, frame, message)
                 except ProtocolError as exc:
                     metrics.refused(exc.code.name.lower())
                     conn.close(exc.code, exc.reason)
-                    return
+                    break
             elif kind is Kind.PING:
                 conn.alive()
                 await channel.pong(received.data)
@@ -124,16 +173,16 @@ async def serve(
                 conn.close(
                     CloseCode.UNSUPPORTED_DATA, "text frames are not part of the Yjs protocol"
                 )
-                return
+                break
             elif kind is Kind.ERROR:
                 # The transport has already closed (1009 for an oversized frame).
                 conn.close(
                     received.code or CloseCode.PROTOCOL_ERROR, received.reason, abnormal=True
                 )
-                return
+                break
             else:
                 conn.mark_closed(received.code)
-                return
+                break
     finally:
         if room is not None:
             room.leave(conn)
@@ -146,6 +195,7 @@ async def serve(
         if room is not None and hooks.wants("on_disconnect"):
             hooks.emit("on_disconnect", _event(conn, transport))
         _log_close(conn)
+    return opening.response
 
 
 async def _gate(

@@ -10,14 +10,15 @@ small one.  Refused requests get 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 
-from .apierror import ApiError, is_api
+from .apierror import ApiError
 from .auth import AuthError, token_of, verify_token
 from .keys import METRICS
 
@@ -81,20 +82,20 @@ def client_key(request: web.Request, secret: str | None) -> str:
     return "addr:" + (request.remote or "?")
 
 
-def rate_limit_middleware(rate: float, secret: str | None) -> Middleware | None:
-    """The per-client limit of ``/api/`` as a middleware; None when ``rate`` is 0 (off)."""
+def rate_limit(rate: float, secret: str | None) -> Callable[[Handler], Handler]:
+    """A decorator putting handlers behind one shared per-client limit of ``rate``
+    requests per second (bursts of twice that); ``rate`` 0 turns the limit off."""
     if rate <= 0:
-        return None
+        return lambda handler: handler
     limiter = ClientLimiter(rate, burst=max(1.0, 2 * rate))
+    return functools.partial(_limited, limiter=limiter, rate=rate, secret=secret)
 
-    @web.middleware
-    def rate_limit(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
-        # Other paths get the handler's own awaitable: no frame of ours beside a WebSocket.
-        if not is_api(request):
-            return handler(request)
-        return limited(request, handler)
 
-    async def limited(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _limited(
+    handler: Handler, *, limiter: ClientLimiter, rate: float, secret: str | None
+) -> Handler:
+    @functools.wraps(handler)
+    async def limited(request: web.Request) -> web.StreamResponse:
         key = client_key(request, secret)
         wait = limiter.take(key)
         if wait > 0:
@@ -112,4 +113,4 @@ def rate_limit_middleware(rate: float, secret: str | None) -> Middleware | None:
             limiter.charge(key, len(body) / BYTES_PER_REQUEST)
         return response
 
-    return rate_limit
+    return limited

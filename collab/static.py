@@ -22,6 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .guard import add_route
+
 #: Where ``npm run build`` in ``frontend/`` writes (a source checkout).
 DEFAULT_DIST = Path(__file__).resolve().parent.parent / "frontend" / "dist"
 
@@ -93,13 +95,13 @@ def setup_frontend(app: web.Application, dist: Path | None = None) -> None:
             response.set_status(404)
         return response
 
-    home = app.router.add_get("/", index)
+    home = add_route(app, "GET", "/", index)
     # [\s\S]: "." would not match a newline (%0A) in a document name.
-    app.router.add_get(r"/d/{doc:[\s\S]+}", editor)
-    app.router.add_get(r"/assets/{path:[\s\S]+}", asset)
+    add_route(app, "GET", r"/d/{doc:[\s\S]+}", editor)
+    add_route(app, "GET", r"/assets/{path:[\s\S]+}", asset)
     # Last: any other page path a person may type or follow gets the styled 404;
     # machine routes keep their own (JSON) not-found answers.
-    app.router.add_get(r"/{tail:(?!(?:api|ws|assets)(?:/|$))[\s\S]+}", not_found)
+    add_route(app, "GET", r"/{tail:(?!(?:api|ws|assets)(?:/|$))[\s\S]+}", not_found)
 
 
 _HEAD = re.compile(r"<head\b[^>]*>", re.IGNORECASE)

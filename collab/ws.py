@@ -14,7 +14,7 @@ from .closecodes import CloseCode
 from .config import Settings
 from .connection import Connection, RateLimits, SendLimits
 from .keys import HOOKS, LOOP_CONTEXT, METRICS, RATE_LIMITS, SEND_LIMITS, SETTINGS
-from .loop import serve
+from .loop import run
 
 log = logging.getLogger("collab.ws")
 
@@ -122,61 +122,80 @@ def _bytes_are_signs_of_life(request: web.Request, conn: Connection) -> None:
         protocol._data_received_cb = conn.alive
 
 
-async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    """Authenticate, upgrade, then run the connection loop over the socket.
+def websocket_route(request: web.Request) -> Awaitable[web.StreamResponse]:
+    """GET /ws/{doc}: authenticate, upgrade, then run the connection loop over the socket.
 
-    Everything that can refuse a stranger happens before the upgrade, so no
-    socket or room is ever created for one (the Origin and Host checks ran
-    already, in guard.py's middleware).
+    Not a coroutine: the loop's own coroutine is the request's awaitable, so an
+    idle WebSocket keeps no frame of this module (S5).
     """
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    hooks = request.app[HOOKS]
-    name = document_name(request)
-    peer = peer_of(request)
-    try:
-        principal = await authenticate(
-            hooks, request_of(request, name, write=False, transport="websocket")
-        )
-    except AuthError as exc:
-        metrics.refused(exc.metric)
-        log.warning(
-            "refused doc=%r peer=%s status=%d reason=%s",
-            name,
-            peer,
-            exc.status,
-            exc.reason,
-            extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
-        )
-        if exc.close_code is None:
-            raise exc.http() from None
-        # The application asked for a close code the browser can see.
-        refused = web.WebSocketResponse()
-        await refused.prepare(request)
-        await refused.close(code=exc.close_code, message=exc.reason.encode()[:120])
-        return refused
+    return run(WebSocketOpening(request), request.app[LOOP_CONTEXT], "websocket")
 
-    # No per-socket heartbeat timer: the room manager pings silent
-    # connections on one timer for the whole server, so pongs come to us.
-    ws = web.WebSocketResponse(
-        max_msg_size=settings.max_message_size,
-        autoping=False,
-        compress=settings.ws_compression,
-    )
-    await ws.prepare(request)
-    channel = WebSocketChannel(ws, request.transport)
-    conn = Connection(
-        channel,
-        doc=name,
-        peer=peer,
-        limits=request.app[SEND_LIMITS],
-        rate=request.app[RATE_LIMITS],
-        traffic=metrics.traffic,
-        can_write=principal.can_write,
-        principal=principal,
-    )
-    # The server-wide tick closes the socket with 4401 once the token expires.
-    conn.expires = principal.expires_at
-    _bytes_are_signs_of_life(request, conn)
-    await serve(conn, channel, request.app[LOOP_CONTEXT], "websocket")
-    return ws
+
+class WebSocketOpening:
+    """Everything that can refuse a stranger happens before the upgrade, so no
+    socket or room is ever created for one (the Origin and Host checks ran
+    already, in guard.py)."""
+
+    __slots__ = ("_response", "request")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self._response: web.WebSocketResponse | None = None
+
+    @property
+    def response(self) -> web.WebSocketResponse:
+        assert self._response is not None, "open() answers or raises"
+        return self._response
+
+    async def open(self) -> tuple[Connection, WebSocketChannel] | None:
+        request = self.request
+        app = request.app
+        metrics = app[METRICS]
+        name = document_name(request)
+        peer = peer_of(request)
+        try:
+            principal = await authenticate(
+                app[HOOKS], request_of(request, name, write=False, transport="websocket")
+            )
+        except AuthError as exc:
+            metrics.refused(exc.metric)
+            log.warning(
+                "refused doc=%r peer=%s status=%d reason=%s",
+                name,
+                peer,
+                exc.status,
+                exc.reason,
+                extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
+            )
+            if exc.close_code is None:
+                raise exc.http() from None
+            # The application asked for a close code the browser can see.
+            self._response = refused = web.WebSocketResponse()
+            await refused.prepare(request)
+            await refused.close(code=exc.close_code, message=exc.reason.encode()[:120])
+            return None
+
+        settings = app[SETTINGS]
+        # No per-socket heartbeat timer: the room manager pings silent
+        # connections on one timer for the whole server, so pongs come to us.
+        self._response = ws = web.WebSocketResponse(
+            max_msg_size=settings.max_message_size,
+            autoping=False,
+            compress=settings.ws_compression,
+        )
+        await ws.prepare(request)
+        channel = WebSocketChannel(ws, request.transport)
+        conn = Connection(
+            channel,
+            doc=name,
+            peer=peer,
+            limits=app[SEND_LIMITS],
+            rate=app[RATE_LIMITS],
+            traffic=metrics.traffic,
+            can_write=principal.can_write,
+            principal=principal,
+        )
+        # The server-wide tick closes the socket with 4401 once the token expires.
+        conn.expires = principal.expires_at
+        _bytes_are_signs_of_life(request, conn)
+        return conn, channel

@@ -6,10 +6,13 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 from pycrdt import Doc, Text
 
 from collab.auth import issue_token
-from collab.guard import hostname
+from collab.config import Settings
+from collab.guard import GuardedRoute, hostname
+from collab.server import Server
 from collab.testing.server import InProcessServer
 from tests.conftest import ServerFactory
 
@@ -168,3 +171,47 @@ async def test_refusals_are_counted(server: InProcessServer, http: aiohttp.Clien
 )
 def test_hostname_of_a_host_header(header: str, name: str) -> None:
     assert hostname(header) == name
+
+
+def test_every_route_of_the_app_is_behind_the_guard() -> None:
+    """The checks are not a middleware (those keep a frame beside every WebSocket),
+    so each route must be registered through ``guard.add_route``: none may be left out."""
+    app = Server(Settings(store="memory://")).app
+    unguarded = [
+        f"{route.method} {route.resource.canonical if route.resource else '?'}"
+        for route in app.router.routes()
+        if not (isinstance(route.handler, type) and issubclass(route.handler, GuardedRoute))
+    ]
+    assert [r for r in app.router.routes()], "no routes"
+    assert not unguarded, f"routes registered without guard.add_route: {unguarded}"
+    assert not app.middlewares
+
+
+async def test_a_cross_site_upgrade_to_a_mounted_server_is_refused(
+    http: aiohttp.ClientSession,
+) -> None:
+    """Mounted under a prefix in a parent app, the guard still stands in front of the socket."""
+    collab = Server(Settings(store="memory://"))
+    parent = web.Application()
+    parent.add_subapp("/collab/", collab.app)
+    runner = web.AppRunner(parent)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        url = f"http://127.0.0.1:{port}/collab/ws/doc"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, headers={"Origin": EVIL})
+        assert refused.value.status == 403
+        ws = await http.ws_connect(url, headers={"Origin": f"http://127.0.0.1:{port}"})
+        await ws.close()
+        async with http.get(f"http://127.0.0.1:{port}/collab/api/nothing-here") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "no_route"
+        async with http.put(f"http://127.0.0.1:{port}/collab/api/docs") as resp:
+            assert resp.status == 405
+            assert (await resp.json())["error"] == "method_not_allowed"
+            assert "GET" in resp.headers["Allow"]
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from collab.config import Settings
+from collab.guard import GUARD, Guard
 from collab.static import ASSET_CACHE, HTML_CACHE, setup_frontend
 from collab.testing.server import InProcessServer, free_port
 
@@ -43,6 +45,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def site(dist: Path) -> AsyncIterator[str]:
     """Only the frontend routes, served from the stand-in ``dist``."""
     app = web.Application()
+    app[GUARD] = Guard(Settings())
     setup_frontend(app, dist)
     runner, url = await serve(app)
     try:
@@ -92,6 +95,7 @@ async def test_without_a_build_every_page_says_how_to_build_it(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     app = web.Application()
+    app[GUARD] = Guard(Settings())
     setup_frontend(app, dist=tmp_path / "missing")
     runner, url = await serve(app)
     try:
@@ -148,8 +152,10 @@ async def test_pages_name_where_collab_is_mounted_in_their_base_href(
         '<!doctype html><html><head><title>editor</title><script src="./assets/e.js"></script>'
     )
     alone = web.Application()
+    alone[GUARD] = Guard(Settings())
     setup_frontend(alone, dist)
     mounted = web.Application()
+    mounted[GUARD] = Guard(Settings())
     setup_frontend(mounted, dist)
     parent = web.Application()
     parent.add_subapp("/collab/", mounted)
@@ -182,6 +188,7 @@ async def test_an_unknown_page_gets_the_styled_404_and_api_paths_stay_json(
 ) -> None:
     (dist / "404.html").write_text("<!doctype html><head><title>Not found</title></head>")
     app = web.Application()
+    app[GUARD] = Guard(Settings())
     setup_frontend(app, dist)
     runner, url = await serve(app)
     try:
