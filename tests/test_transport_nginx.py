@@ -19,11 +19,12 @@ import contextlib
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page, Request
 from pycrdt import Text
 
 import collab.app  # noqa: F401 - imported now, not on the first test's event loop
@@ -173,6 +174,33 @@ async def nginx(tmp_path: Path) -> AsyncIterator[NginxFactory]:
         await proxy.stop()
 
 
+class InFlight:
+    """The most requests of each kind a page had open at once, and how many it made."""
+
+    KINDS = ("/sse/", "/send/", "/poll/")
+
+    def __init__(self, page: Page) -> None:
+        self.now: Counter[str] = Counter()
+        self.most: Counter[str] = Counter()
+        self.count: Counter[str] = Counter()
+        page.on("request", self._started)
+        page.on("requestfinished", self._ended)
+        page.on("requestfailed", self._ended)
+
+    def _kind(self, request: Request) -> str | None:
+        return next((k for k in self.KINDS if k in request.url), None)
+
+    def _started(self, request: Request) -> None:
+        if kind := self._kind(request):
+            self.now[kind] += 1
+            self.count[kind] += 1
+            self.most[kind] = max(self.most[kind], self.now[kind])
+
+    def _ended(self, request: Request) -> None:
+        if kind := self._kind(request):
+            self.now[kind] -= 1
+
+
 async def transport(tab: Tab) -> str:
     return str(await tab.page.get_attribute("#status", "data-transport"))
 
@@ -203,7 +231,10 @@ async def test_through_nginx_without_upgrade_headers_the_editor_works_over_http(
     # (nginx logs a request when it ends: the stream is still open.)
     assert "GET /transport/probe" in proxy.requests() and "POST /send/" in proxy.requests()
 
-    # Typing both ways, and each one's named caret in the other's editor.
+    # Typing both ways, and each one's named caret in the other's editor.  The
+    # tab keeps to one stream and one POST at a time (HTTP/1.1 allows six
+    # connections per host, for every tab together).
+    in_flight = InFlight(behind.page)
     await behind.type_at_end("typed behind the proxy. ")
     await direct.wait_text("text === arg", "typed behind the proxy. ")
     await direct.type_at_end("typed directly. ")
@@ -211,6 +242,9 @@ async def test_through_nginx_without_upgrade_headers_the_editor_works_over_http(
     await behind.page.locator(".cm-ySelectionCaret", has_text="Grace Hopper").wait_for()
     await direct.page.locator(".cm-ySelectionCaret", has_text="Ada Lovelace").wait_for()
     await direct.page.locator("#people .person-name", has_text="Ada Lovelace").wait_for()
+    assert in_flight.most["/send/"] == 1, in_flight.most
+    assert in_flight.most["/sse/"] <= 1, in_flight.most
+    assert in_flight.count["/send/"] < len("typed behind the proxy. "), in_flight.count  # batched
 
     # The proxy goes away: the tab says offline and keeps what is typed meanwhile.
     await proxy.stop()
