@@ -39,10 +39,12 @@ pytestmark = [
     ),
 ]
 
-#: pycrdt encodes a 70 MB document in ~1.5 s and applies it in ~1.5 s, on the
-#: event loop (a Doc cannot be read in a thread while the loop writes to it):
-#: the loop guard allows that here, where nothing else is measured.
-BIG_DOCUMENT_SECONDS = max(SLOW_CALLBACK_SECONDS, 5.0)
+#: pycrdt encodes a 70 MB document in ~1.4 s and a room applies a 60 MB
+#: update in ~1.1 s (the memory store once more), on the event loop (a Doc
+#: cannot be read in a thread while the loop writes to it); on this shared
+#: machine under load that was up to 5.6 s.  The loop guard allows it here,
+#: where nothing else is measured.
+BIG_DOCUMENT_SECONDS = max(SLOW_CALLBACK_SECONDS, 10.0)
 
 
 @pytest.fixture(autouse=True)
