@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import jwt
@@ -118,7 +119,7 @@ async def test_read_only_update_is_answered_with_permission_denied(
     secured: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     ws = await http.ws_connect(f"{secured.ws_url}/doc?token={token(mode='read')}")
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, "nope")
     await ws.send_bytes(protocol.sync_update(doc.get_update()))
     while True:
