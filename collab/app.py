@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, workers
 from .config import Settings
 from .guard import GUARD, Guard, add_route
 from .http_api import setup_api
@@ -106,6 +106,7 @@ def _status(app: web.Application) -> dict[str, object]:
         "version": __version__,
         "store": {"url": redacted(app[SETTINGS].store), "healthy": app[STORE].healthy},
         "redis": None if broker is None else {"node": broker.node, "ready": broker.ready},
+        "worker": workers.status(),  # which worker of --workers answered, or null
         "documents": len(manager.rooms),
         "connections": sum(len(r.connections) for r in manager.rooms.values()),
     }

@@ -409,10 +409,15 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    from . import workers
     from .logs import setup_logging
     from .store import StoreError
 
+    if workers.worker_index() is not None:  # started by the supervisor below
+        settings = workers.inherited_settings()
     setup_logging(settings.log_level, settings.log_format)
+    if settings.workers != 1 and workers.worker_index() is None:
+        return workers.supervise(settings)
 
     try:
         run = _event_loop_runner(settings.event_loop)
@@ -457,6 +462,7 @@ def _event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], Non
 async def _run_server(settings: Settings) -> None:
     from aiohttp import web
 
+    from . import workers
     from .app import create_app, redacted
 
     log = logging.getLogger("collab")
@@ -467,7 +473,9 @@ async def _run_server(settings: Settings) -> None:
     runner = web.AppRunner(create_app(settings), handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # A worker of --workers shares the port with its siblings (SO_REUSEPORT).
+        reuse_port = True if workers.worker_index() is not None else None
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port)
         await site.start()
         # The port actually bound: the one asked for, or the free one of --port 0.
         port = runner.addresses[0][1] if runner.addresses else settings.port
@@ -481,6 +489,7 @@ async def _run_server(settings: Settings) -> None:
             redacted(settings.store),
             "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
         )
+        workers.announce_ready()
         await stop.wait()
         log.info("shutting down: closing connections with 1001 and flushing the store")
     finally:

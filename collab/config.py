@@ -239,6 +239,13 @@ class Settings:
     redis_prefix: str = _setting(
         "collab", "prefix of the Redis keys, to share one Redis between deployments"
     )
+    workers: int = _setting(
+        1,
+        "server processes sharing the port (Linux SO_REUSEPORT) and the documents, "
+        "through --redis-url or else a private redis-server; 0 = one per core",
+        metavar="N",
+        maximum=1024,
+    )
     hook: tuple[str, ...] = _setting(
         (),
         "hooks to run, as module:name of a Hooks class or object (repeatable, in order; "
