@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from collab import protocol
 from collab.channel import Kind, Received
@@ -47,7 +48,7 @@ class MemoryChannel:
         else:
             self.inbox.put_nowait(Received(Kind.BINARY, frame))
 
-    def receive(self) -> asyncio.Future[Received] | object:
+    def receive(self) -> Awaitable[Received]:
         return self.inbox.get()
 
     def classify(self, raw: Received) -> Received:

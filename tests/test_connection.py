@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pycrdt import Awareness, Doc, Text
 
@@ -13,8 +14,8 @@ from tests.fakes import MemoryChannel
 from tests.helpers import eventually
 
 
-def updates_of(n: int) -> tuple[Doc, list[bytes]]:
-    doc = Doc()
+def updates_of(n: int) -> tuple[Doc[Any], list[bytes]]:
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     updates: list[bytes] = []
     doc.observe(lambda e: updates.append(e.update))
@@ -24,7 +25,7 @@ def updates_of(n: int) -> tuple[Doc, list[bytes]]:
 
 
 def replay(updates: list[bytes]) -> str:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     for update in updates:
         doc.apply_update(update)
     return str(doc.get("text", type=Text))
@@ -78,6 +79,7 @@ async def test_slow_reader_backlog_is_merged_and_loses_nothing() -> None:
     for update in updates:
         conn.send_update(protocol.sync_update(update), update)
     assert conn.collapses > 0
+    assert conn._queue is not None
     assert len(conn._queue) < 8
     channel.unblock()
     await eventually(lambda: not conn._queue and conn._sending_since is None)
@@ -126,7 +128,7 @@ async def test_backlog_too_big_even_after_merging_is_closed_with_1013() -> None:
     conn = Connection(
         channel, doc="d", peer="test", limits=SendLimits(queue_limit=4, max_queue_bytes=100)
     )
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     big: list[bytes] = []
     doc.observe(lambda e: big.append(e.update))

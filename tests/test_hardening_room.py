@@ -228,7 +228,7 @@ async def test_a_later_step1_replaces_the_waiting_answer_which_is_encoded_once()
 
 async def test_connections_that_send_the_same_state_vector_share_one_answer() -> None:
     room = Room("doc", store=MemoryStore())
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     writer.get("text", type=Text).insert(0, "hello")
     room.apply_update(writer.get_update(), LOCAL)
     channels = []
@@ -289,7 +289,7 @@ async def test_an_honest_client_syncs_while_another_floods_queries(
 
 def chained_edits(count: int, size: int) -> tuple[bytes, list[bytes]]:
     """A first edit, and ``count`` edits of ``size`` bytes that all depend on it."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     text.insert(0, "first")
     first = doc.get_update()
@@ -389,7 +389,7 @@ async def test_waiting_updates_are_released_when_the_gap_fills_and_dropped_when_
 
 def one_level_per_update(depth: int) -> list[bytes]:
     """Maps nested ``depth`` deep, one level per update (each names its parent)."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     level = doc.get("map", type=Map)
     updates = []
     for _ in range(depth):
@@ -404,7 +404,7 @@ def one_level_per_update(depth: int) -> list[bytes]:
 def arrays_beside(depth: int) -> list[bytes]:
     """Arrays nested ``depth`` deep, each inserted after an element of its parent:
     the update names only that element (its origin), not the parent."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     level = doc.get("array", type=Array)
     updates = []
     for _ in range(depth):
@@ -452,7 +452,7 @@ async def test_nesting_through_origins_across_updates_is_refused() -> None:
 
 
 async def test_nesting_of_a_stored_document_counts_after_it_is_loaded_again() -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     for update in one_level_per_update(9):
         doc.apply_update(update)
     stored = doc.get_update()
@@ -460,7 +460,7 @@ async def test_nesting_of_a_stored_document_counts_after_it_is_loaded_again() ->
     room.load(stored, protocol.scan_update(stored, max_depth=sys.maxsize))
     conn = Connection(MemoryChannel(), doc="doc", peer="test")
     room.join(conn)
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     writer.apply_update(stored)
     level = writer.get("map", type=Map)
     while "k" in level:
@@ -478,7 +478,7 @@ async def test_a_document_that_would_take_too_much_memory_is_refused_with_4413(
     server = await make_server()
     server.app[MANAGER].room_limits = RoomLimits(max_doc_memory=1024 * 1024)
     honest = await make_client(url=server.ws_url)
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     ws = await http.ws_connect(f"{server.ws_url}/doc")
     for batch in range(10):  # small maps: ~10 bytes encoded, ~550 in memory, each
         before = doc.get_state()
@@ -511,7 +511,7 @@ async def test_deleting_again_what_is_already_deleted_waits_for_nothing() -> Non
 
 def text_with_many_deletes() -> tuple[bytes, bytes, bytes]:
     """A text, an update deleting 8,000 separate characters of it, and one deleting one."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     text.insert(0, "ab" * 8_001)
     full = doc.get_update()
