@@ -11,6 +11,8 @@ import pytest
 from pycrdt import Text
 
 from collab.client import Session
+from collab.store import open_store
+from collab.store.sqlite import SQLiteStore
 from collab.testing import converged as collab_converged
 from collab.testing.converge import text_view
 
@@ -30,6 +32,14 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {check}")
         await asyncio.sleep(interval)
+
+
+def sqlite_store(url: str) -> SQLiteStore:
+    """``open_store(url)`` for a ``sqlite://`` URL, typed as the ``SQLiteStore`` it
+    returns: that one is an async context manager, the ``Store`` protocol is not."""
+    store = open_store(url)
+    assert isinstance(store, SQLiteStore), store
+    return store
 
 
 def text_of(session: Session, key: str = "text") -> str:

@@ -6,12 +6,13 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from pycrdt import Doc, Text
 
-from collab.store import open_store
 from collab.testing.server import free_port
+from tests.helpers import sqlite_store
 from tests.jsclient import JsClientFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +61,9 @@ async def test_stock_client_syncs_through_a_mounted_collab_and_sigterm_flushes(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    async with open_store(url) as store:
+    async with sqlite_store(url) as store:
         stored = await store.load("mounted")
     assert stored is not None
-    doc: Doc[object] = Doc()
+    doc: Doc[Any] = Doc()
     doc.apply_update(stored)
     assert str(doc.get("text", type=Text)) == "last words, typed through /collab/"

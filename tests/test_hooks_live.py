@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -23,16 +24,15 @@ from collab.hooks import (
     Reject,
     Unload,
 )
-from collab.store import open_store
 from collab.testing.server import InProcessServer
 from tests.conftest import ClientFactory, RedisServer
-from tests.helpers import eventually
+from tests.helpers import eventually, sqlite_store
 
 SECRET = "a-secret-that-is-long-enough-for-hs256!!"
 
 
 def _update(text: str) -> bytes:
-    doc: Doc[object] = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, text)
     return doc.get_update()
 
@@ -129,17 +129,17 @@ async def test_a_failing_document_loader_refuses_the_room_and_leaves_the_store_u
         ws = await http.ws_connect(f"{server.ws_url}/new-doc")
         await _frames_until(ws, protocol.SyncStep1)
         await ws.close()
-    async with open_store(url) as store:
+    async with sqlite_store(url) as store:
         stored = await store.load("new-doc")
     assert stored is not None
-    check: Doc[object] = Doc()
+    check: Doc[Any] = Doc()
     check.apply_update(stored)
     assert str(check.get("text", type=Text)) == "from the template"
 
 
 async def test_a_loader_is_not_asked_for_a_stored_document(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'collab.db'}"
-    async with open_store(url) as store:
+    async with sqlite_store(url) as store:
         store.append("kept", _update("stored text"))
 
     class Loader(Hooks):
@@ -176,7 +176,7 @@ async def test_a_raising_on_change_hook_harms_neither_the_room_nor_other_hooks(
 async def test_a_refused_update_gets_permission_denied_and_changes_nothing() -> None:
     class NoShouting(Hooks):
         async def before_update(self, event: IncomingUpdate) -> None:
-            doc: Doc[object] = Doc()
+            doc: Doc[Any] = Doc()
             doc.apply_update(event.update)
             if "!" in str(doc.get("text", type=Text)):
                 raise Reject(CloseCode.FORBIDDEN, "no shouting")
