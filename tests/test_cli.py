@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -60,7 +61,7 @@ async def arun_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> 
 
 
 def an_update(text: str) -> bytes:
-    doc: Doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, text)
     return doc.get_update()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,7 +28,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def an_update(text: str = "written") -> bytes:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, text)
     return doc.get_update()
 

@@ -63,7 +63,7 @@ async def test_get_document_returns_each_root_as_json(
 
     async def content() -> bool:
         async with http.get(api(server, "content")) as resp:
-            body = await resp.json()
+            body: dict[str, object] = await resp.json()
         return body["content"] == {"text": "body", "meta": {"title": "Notes"}, "tags": ["x", 2]}
 
     await eventually(content)
@@ -86,7 +86,7 @@ async def test_update_export_is_full_state_or_diff_against_sv(
     text = a.doc.get("text", type=Text)
     text.insert(0, "first ")
     await a.drain()
-    mirror = Doc()
+    mirror: Doc[Any] = Doc()
 
     async def full_state_arrived() -> bool:
         async with http.get(api(server, "export", "/update")) as resp:
@@ -102,7 +102,7 @@ async def test_update_export_is_full_state_or_diff_against_sv(
     async def diff_completes() -> bool:
         async with http.get(api(server, "export", "/update"), params={"sv": sv}) as resp:
             diff = await resp.read()
-        probe = Doc()
+        probe: Doc[Any] = Doc()
         probe.apply_update(mirror.get_update())
         probe.apply_update(diff)
         return str(probe.get("text", type=Text)) == "first second"
@@ -114,7 +114,7 @@ async def test_posted_update_reaches_live_editors_and_returns_state_vector(
     server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
     editor = await make_client("posted")
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("text", type=Text).insert(0, "from http")
     async with http.post(api(server, "posted", "/update"), data=source.get_update()) as resp:
         assert resp.status == 200
@@ -126,7 +126,7 @@ async def test_posted_update_reaches_live_editors_and_returns_state_vector(
 async def test_posted_update_to_closed_document_is_stored(
     server: InProcessServer, make_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("text", type=Text).insert(0, "no editors")
     async with http.post(api(server, "offline", "/update"), data=source.get_update()) as resp:
         assert resp.status == 200
@@ -198,7 +198,7 @@ async def error_of(resp: aiohttp.ClientResponse) -> str:
 
 
 async def put_doc(http: aiohttp.ClientSession, server: InProcessServer, name: str) -> None:
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("text", type=Text).insert(0, "exists")
     async with http.post(api(server, name, "/update"), data=source.get_update()) as resp:
         assert resp.status == 200
@@ -354,7 +354,7 @@ async def test_text_route_reads_the_text_root_as_plain_text_or_markdown(
 async def test_text_of_a_map_root_is_409_not_text(
     server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("meta", type=Map)["title"] = "x"
     async with http.post(api(server, "mapped", "/update"), data=source.get_update()) as resp:
         assert resp.status == 200
@@ -383,12 +383,12 @@ async def test_put_text_is_a_diff_so_a_concurrent_edit_survives(
     server: InProcessServer, http: aiohttp.ClientSession
 ) -> None:
     base = "# Title\n\nfirst paragraph\nsecond paragraph\n"
-    seed = Doc()
+    seed: Doc[Any] = Doc()
     seed.get("text", type=Text).insert(0, base)
     async with http.post(api(server, "diffed", "/update"), data=seed.get_update()) as resp:
         assert resp.status == 200
     # An editor that has the document types, and has not sent it yet ...
-    offline = Doc()
+    offline: Doc[Any] = Doc()
     async with http.get(api(server, "diffed", "/update")) as resp:
         offline.apply_update(await resp.read())
     before = offline.get_state()
@@ -545,7 +545,7 @@ async def test_list_shows_the_length_of_the_text_root_in_characters(
     text = editor.doc.get("text", type=Text)
     text.insert(0, "😀 héllo")
     await editor.drain()
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("meta", type=Map)["k"] = "v"
     async with http.post(api(server, "no-text", "/update"), data=source.get_update()) as resp:
         assert resp.status == 200

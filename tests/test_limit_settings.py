@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 from pycrdt import Doc, Map
 
@@ -38,7 +40,7 @@ async def test_nesting_beyond_the_configured_depth_closes_with_1007(
     make_server: ServerFactory,
 ) -> None:
     server = await make_server(max_nesting=3)
-    doc: Doc[object] = Doc()
+    doc: Doc[Any] = Doc()
     inner: Map[object] = doc.get("m", type=Map)
     for level in range(5):
         child: Map[object] = Map()
