@@ -27,6 +27,7 @@ from collab.testing.chaos import FAULT_KINDS
 from collab.testing.server import ServerProcess
 from tests.conftest import RedisServer
 from tests.helpers import converged, eventually, random_marker_edits, sqlite_store
+from tests.test_webhooks_e2e import SECRET, Receiver
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -214,6 +215,26 @@ async def test_workers_with_the_tests_redis_pass_the_chaos_runner(
     assert report["acknowledged"] > 100
     # The runner's clients were spread over both workers.
     assert all(h["documents"] >= 1 for h in health.values()), health
+
+
+async def test_one_edit_on_two_workers_gives_one_webhook_delivery(tmp_path: Path) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    w = Workers(tmp_path, "--webhook-url", receiver.url, "--webhook-secret", SECRET)
+    try:
+        await w.start()
+        sessions = await w.clients_on_both_workers("hooked")
+        text = sessions[0].doc.get("text", type=Text)
+        text.insert(0, "one edit")
+        await converged(sessions)
+        await eventually(lambda: bool(receiver.persisted("hooked")), timeout=30, interval=0.1)
+        await asyncio.sleep(3)  # time is the input: a duplicate would arrive by now
+    finally:
+        await w.close_clients()
+        await w.process.close()
+        await receiver.stop()
+    assert len(receiver.persisted("hooked")) == 1, receiver.events
+    assert len(receiver.ids) == len(set(receiver.ids))
 
 
 async def serve_fails(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[str]]:
