@@ -45,6 +45,8 @@ def run_generator(
     """One generator process for one scenario; its JSON result (``ok`` false on failure)."""
     cfg = scenario.sizes(smoke)
     cfg.update(url=server.url, server_pid=server.pid, timeout_ms=int(timeout * 1000))
+    if server.spec.workers > 1:  # CPU and RSS of the supervisor, workers and Redis
+        cfg.update(server_tree=True)
     argv = pinned(GENERATOR_CPU, ["node", str(GENERATOR), json.dumps(cfg)])
     try:
         done = subprocess.run(
@@ -101,7 +103,7 @@ def plan(
 
 
 def execute(args: argparse.Namespace, servers: list[ServerSpec]) -> list[dict[str, Any]]:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
     scenarios = [BY_ID[s] for s in args.scenarios]
     out: Path = args.out
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown server(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         servers = [s for s in servers if s.name in args.servers]
+    else:  # opt-in servers (collab-workers2) run only when named
+        servers = [s for s in servers if not s.opt_in]
     fds = raise_fd_limit()
     if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,12 @@ class ServerSpec:
     skips: dict[str, str] = field(default_factory=dict)
     #: collab only: more ``collab serve`` flags (hooks, webhooks).
     extra: tuple[str, ...] = ()
+    #: collab only: ``collab serve --workers`` (a supervisor, N workers, a private Redis).
+    workers: int = 1
+    #: The cores it is pinned to (the generator has GENERATOR_CPU).
+    cpus: str = SERVER_CPU
+    #: Run only when named with --server (not in the default comparison).
+    opt_in: bool = False
 
     def command(self, port: int, workdir: Path) -> tuple[list[str], dict[str, str], Path]:
         """argv, extra environment and working directory."""
@@ -60,6 +68,8 @@ class ServerSpec:
             store = "memory://" if self.store == "memory" else f"sqlite:///{workdir}/bench.db"
             argv = [sys.executable, "-m", "collab", "serve", "--host", host, "--port", str(port)]
             argv += ["--store", store, *COLLAB_FLAGS, *self.extra]
+            if self.workers > 1:
+                argv += ["--workers", str(self.workers)]
             # PYTHONPATH first: a patched checkout wins over the installed one.
             return argv, {"PYTHONPATH": str(self.source)}, self.source
         if self.kind == "pycrdt-websocket":
@@ -114,6 +124,10 @@ def default_servers() -> list[ServerSpec]:
             extra=("--sync-chunk-bytes", "0"),
         ),
         ServerSpec("relay", "relay", skips={"S4": NO_STATE, "S7": NO_STATE}),
+        # collab-sqlite as two workers (issue #17): 1 vs 2 workers with
+        # --server collab-sqlite --server collab-workers2.  The workers get both
+        # cores, so on a 2-core machine they share one with the generator.
+        ServerSpec("collab-workers2", "collab", "sqlite", workers=2, cpus="0,1", opt_in=True),
     ]
 
 
@@ -158,7 +172,7 @@ class ServerProcess:
         self._log.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
         self._log.flush()
         self.proc = subprocess.Popen(
-            pinned(SERVER_CPU, argv),
+            pinned(spec.cpus, argv),
             cwd=cwd,
             env={**os.environ, **env},
             stdin=subprocess.DEVNULL,
@@ -183,9 +197,25 @@ class ServerProcess:
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=1),
             ):
-                return
+                if self.spec.workers <= len(self.workers_serving()):
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"{self.spec.name} did not listen within {timeout:g}s")
+
+    def workers_serving(self, tries: int = 50) -> set[int]:
+        """The workers of ``--workers`` seen answering /healthz (one connection per try:
+        SO_REUSEPORT spreads them); {1} for a server of one process."""
+        if self.spec.workers <= 1:
+            return {1}
+        seen: set[int] = set()
+        for _ in range(tries):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                url = f"http://127.0.0.1:{self.port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    seen.add(int(json.load(resp)["worker"]["index"]))
+            if len(seen) >= self.spec.workers:
+                break
+        return seen
 
     def alive(self) -> bool:
         return self.proc.poll() is None

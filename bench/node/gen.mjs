@@ -97,8 +97,30 @@ function scanMarkers (buf, cb) {
 
 // -- measuring ---------------------------------------------------------------
 
+// A server of several processes (collab serve --workers) is measured as its
+// process tree: the supervisor, the workers and the private redis-server.
+let SERVER_TREE = false
+
+function descendants (pid) {
+  try {
+    const kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim()
+    if (!kids) return []
+    return kids.split(' ').map(Number).flatMap(k => [k, ...descendants(k)])
+  } catch {
+    return []
+  }
+}
+
 function serverStat (pid) {
   if (!pid) return { cpu: 0, rss: 0 }
+  if (SERVER_TREE) {
+    const all = [pid, ...descendants(pid)].map(processStat)
+    return { cpu: all.reduce((s, p) => s + p.cpu, 0), rss: all.reduce((s, p) => s + p.rss, 0) }
+  }
+  return processStat(pid)
+}
+
+function processStat (pid) {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
@@ -1077,6 +1099,7 @@ async function main () {
   cfg.tag = cfg.tag || Math.random().toString(36).slice(2, 8)
   cfg.timeout_ms = cfg.timeout_ms || 120000
   TIMEOUT_MS = cfg.timeout_ms
+  SERVER_TREE = Boolean(cfg.server_tree)
   const run = scenarios[cfg.scenario]
   if (!run) throw new Error(`unknown scenario ${cfg.scenario}`)
   const started = performance.now()
