@@ -398,7 +398,7 @@ async def test_a_version_1_sqlite_file_is_upgraded_in_place(tmp_path: Path) -> N
         assert kinds(await all_events(store)) == [("doc.persisted", "doc")], "not created"
         assert text_of(await store.load("doc")) == str(editor)
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 async def test_a_version_1_postgres_schema_is_upgraded_in_place(postgres_url: str) -> None:
@@ -430,7 +430,7 @@ async def test_a_version_1_postgres_schema_is_upgraded_in_place(postgres_url: st
         assert text_of(await store.load("doc")) == str(editor)
     async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
         cur = await conn.execute("SELECT MAX(version) FROM collab_schema")
-        assert await cur.fetchone() == (3,)
+        assert await cur.fetchone() == (4,)
 
 
 # -- several processes -----------------------------------------------------------------

@@ -257,3 +257,55 @@ async def test_times_resolve_to_the_last_seq_written_by_then(durable: Backend) -
     assert await store.seq_at("doc", at) == steps[0][0]
     assert await store.seq_at("doc", at - 3600) is None
     assert await store.seq_at("doc", time.time() + 10) == steps[1][0]
+
+
+def brute_sessions(rows: list[tuple[int, float, str]], gap: float) -> list[tuple[Any, ...]]:
+    """Sessions by the definition, newest first: (from, to, authors, updates, bytes)."""
+    groups: list[list[tuple[int, float, str]]] = []
+    for row in rows:
+        if not groups or row[1] - groups[-1][-1][1] > gap:
+            groups.append([])
+        groups[-1].append(row)
+    return [
+        (g[0][0], g[-1][0], tuple(sorted({r[2] for r in g})), len(g), None)
+        for g in reversed(groups)
+    ]
+
+
+async def test_sessions_match_their_definition_across_compactions_gaps_and_pages(
+    durable: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import random
+    import types
+
+    import collab.store.group as group
+
+    clock = [1_800_000_000.0]
+    fake = types.SimpleNamespace(time=lambda: clock[0], monotonic=time.monotonic)
+    monkeypatch.setattr(group, "time", fake)
+    store = await history_store(durable)
+    rng = random.Random(14)
+    editor = Editor()
+    rows: list[tuple[int, float, str]] = []
+    for _ in range(300):
+        clock[0] += rng.choice([0.5, 1, 2, 30, 90, 400])
+        author = rng.choice(["alice", "bob", "carol"])
+        store.append("doc", editor.type("x"), author)
+        await store.flush()
+        _, latest, _ = await store.history_bounds("doc")
+        rows.append((latest, clock[0], author))
+        if rng.random() < 0.05:
+            await store.compact("doc")
+    for gap in (0.0, 1.5, 60.0, 600.0, 1e9):
+        expected = brute_sessions(rows, gap)
+        got: list[tuple[Any, ...]] = []
+        before = rows[-1][0] + 1
+        while True:
+            page = await store.history_sessions("doc", before, gap, 7)
+            got += [(s.from_seq, s.to_seq, s.authors, s.updates, None) for s in page]
+            if len(page) < 7:
+                break
+            before = page[-1].from_seq
+        assert got == expected, gap
+    sizes = await store.history_sessions("doc", rows[-1][0] + 1, 1e9, 1)
+    assert sizes[0].size == sum(len(u) for u in editor.updates)

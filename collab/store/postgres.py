@@ -93,7 +93,7 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("collab.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Advisory lock key serializing schema creation between processes.
 _SCHEMA_LOCK = 0x636F6C6C  # "coll"
@@ -299,7 +299,7 @@ class PostgresStore(PostgresHistory, GroupCommitStore):
                 if version < 2:
                     for statement in _SCHEMA_2:
                         await conn.execute(statement)
-                if version < 3:
+                if version < 4:  # 3: the same tables, before the session totals
                     for statement in SCHEMA_3:
                         await conn.execute(statement)
                 if version < SCHEMA_VERSION:

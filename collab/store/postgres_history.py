@@ -22,7 +22,16 @@ import psycopg
 
 from ..webhooks import StoredEvent
 from .events import EventDraft
-from .history import Checkpoint, PointRead, Session, TrashEntry, Version, thin
+from .history import (
+    LIVE_ROWS,
+    Checkpoint,
+    PointRead,
+    Session,
+    TrashEntry,
+    Version,
+    list_sessions,
+    thin,
+)
 
 LOCK_DOC = "SELECT pg_advisory_xact_lock(hashtext(%s))"
 #: The events writers' lock of ``postgres.py`` (``_LOCK_EVENTS``: keys "coll", 1).
@@ -39,6 +48,12 @@ SCHEMA_3 = [
         size integer NOT NULL,
         folded bigint NOT NULL
     )""",
+    "ALTER TABLE collab_history ADD COLUMN IF NOT EXISTS gap double precision",
+    "ALTER TABLE collab_history ADD COLUMN IF NOT EXISTS cum_n bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE collab_history ADD COLUMN IF NOT EXISTS cum_bytes bigint NOT NULL DEFAULT 0",
+    # (name, id) plus the gap: finding session boundaries reads no table rows.
+    "CREATE INDEX IF NOT EXISTS collab_history_by_gap ON collab_history (name, id, gap)",
+    "CREATE INDEX IF NOT EXISTS collab_history_by_author ON collab_history (name, author, id)",
     "CREATE INDEX IF NOT EXISTS collab_history_by_name ON collab_history (name, id)",
     "CREATE INDEX IF NOT EXISTS collab_history_by_folded ON collab_history (name, folded, id)",
     "CREATE INDEX IF NOT EXISTS collab_history_by_time ON collab_history (created_at)",
@@ -79,26 +94,6 @@ SCHEMA_3 = [
 ]
 
 _EPOCH = "EXTRACT(EPOCH FROM {})::float8"
-
-_SESSIONS = f"""
-WITH r AS (
-    SELECT id, created_at AS at, author, size FROM collab_history
-    WHERE name = %(name)s AND id < %(before)s
-    UNION ALL
-    SELECT id, {_EPOCH.format("created_at")}, author, octet_length(data) FROM collab_updates
-    WHERE name = %(name)s AND id < %(before)s
-), g AS (
-    SELECT id, at, author, size,
-           CASE WHEN at - LAG(at) OVER (ORDER BY id) > %(gap)s THEN 1 ELSE 0 END AS brk
-    FROM r
-), s AS (
-    SELECT id, at, author, size, SUM(brk) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS sid
-    FROM g
-)
-SELECT MIN(id), MAX(id), MIN(at), MAX(at),
-       array_remove(array_agg(DISTINCT author), NULL), COUNT(*), SUM(size)
-FROM s GROUP BY sid ORDER BY sid DESC LIMIT %(limit)s
-"""
 
 _CHECKPOINTS = f"""
 SELECT seq, at FROM collab_checkpoints WHERE name = %(name)s
@@ -146,11 +141,29 @@ _LIVE = (
 )
 
 _MOVE_LOG = f"""
-INSERT INTO collab_history (id, name, data, created_at, author, size, folded)
-SELECT id, name, data, {_EPOCH.format("created_at")}, author, octet_length(data), %(folded)s
+INSERT INTO collab_history
+    (id, name, data, created_at, author, size, folded, gap, cum_n, cum_bytes)
+SELECT id, name, data, {_EPOCH.format("created_at")}, author, octet_length(data), %(folded)s,
+    {_EPOCH.format("created_at")}
+        - COALESCE(LAG({_EPOCH.format("created_at")}) OVER w, %(at)s::float8),
+    %(n)s + ROW_NUMBER() OVER w,
+    %(size)s + SUM(octet_length(data)) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)
 FROM collab_updates WHERE {{where}}
+WINDOW w AS (ORDER BY id)
 ON CONFLICT (id) DO NOTHING
 """
+
+_PREV = (
+    "SELECT created_at, cum_n, cum_bytes FROM collab_history WHERE name = %s"
+    " ORDER BY id DESC LIMIT 1"
+)
+
+# The session lister's queries (written for SQLite) as PostgreSQL runs them.
+_LISTER_SQL = {
+    LIVE_ROWS: LIVE_ROWS.replace("created_at", _EPOCH.format("created_at")).replace(
+        "LENGTH(data)", "octet_length(data)"
+    ),
+}
 
 _KEEP_SNAPSHOT = f"""
 INSERT INTO collab_checkpoints (name, seq, at, state)
@@ -188,8 +201,19 @@ class PostgresHistory:
         await conn.execute(
             _KEEP_SNAPSHOT.format(due=_DUE), {"name": name, "every": self.checkpoint_every}
         )
-        await conn.execute(_MOVE_LOG.format(where="id = ANY(%(ids)s)"), {"folded": seq, "ids": ids})
+        await conn.execute(
+            _MOVE_LOG.format(where="id = ANY(%(ids)s)"),
+            {"folded": seq, "ids": ids, **await self._h_prev(conn, name)},
+        )
         return seq
+
+    async def _h_prev(self, conn: Conn, name: str) -> dict[str, Any]:
+        """The newest history row's time and running totals (the next rows continue them)."""
+        cur = await conn.execute(_PREV, [name])
+        row = await cur.fetchone()
+        if row is None:
+            return {"at": None, "n": 0, "size": 0}
+        return {"at": row[0], "n": row[1], "size": row[2]}
 
     async def _h_after_compaction(self, conn: Conn, name: str, seq: int) -> None:
         await conn.execute("UPDATE collab_snapshots SET seq = %s WHERE name = %s", [seq, name])
@@ -243,7 +267,10 @@ class PostgresHistory:
         row = await cur.fetchone()
         seq = int(row[0]) if row and row[0] is not None else 0
         await conn.execute(_KEEP_SNAPSHOT.format(due=""), {"name": name})
-        await conn.execute(_MOVE_LOG.format(where="name = %(name)s"), {"folded": seq, "name": name})
+        await conn.execute(
+            _MOVE_LOG.format(where="name = %(name)s"),
+            {"folded": seq, "name": name, **await self._h_prev(conn, name)},
+        )
         await conn.execute(
             "INSERT INTO collab_trash (name, seq, deleted_at, deleted_by, purge_at)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq,"
@@ -285,15 +312,20 @@ class PostgresHistory:
         self, name: str, before: int, gap: float, limit: int
     ) -> list[Session]:
         """Up to ``limit`` editing sessions of rows below seq ``before``, newest first."""
-        rows = await self._h_fetch(
-            "reading history",
-            _SESSIONS,
-            {"name": name, "before": before, "gap": gap, "limit": limit},
-        )
-        return [
-            Session(int(a), int(b), float(c), float(d), tuple(sorted(au)), int(n), int(size or 0))
-            for a, b, c, d, au, n, size in rows
-        ]
+        with self._h_guard("reading history"):
+            async with self._h_conn() as conn, conn.transaction():
+                # One snapshot of both tables, as a compaction may move rows meanwhile.
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                lister = list_sessions(name, before, gap, limit)
+                sql, params = next(lister)
+                while True:
+                    pg = _LISTER_SQL.get(sql, sql).replace("?", "%s")
+                    cur = await conn.execute(pg, params)
+                    try:
+                        sql, params = lister.send(await cur.fetchall())
+                    except StopIteration as done:
+                        sessions: list[Session] = done.value
+                        return sessions
 
     async def history_checkpoints(self, name: str) -> list[Checkpoint]:
         """The checkpoints of ``name`` (the snapshot included), oldest first."""

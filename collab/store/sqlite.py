@@ -24,7 +24,7 @@ only a power loss or kernel crash can roll back the last transactions,
 never corrupt the file.  Pass ``synchronous="FULL"`` to fsync every group
 commit as well.
 
-Layout (``PRAGMA user_version`` holds the schema version, 3; an older file
+Layout (``PRAGMA user_version`` holds the schema version, 4; an older file
 gains the ``author`` and ``seq`` columns and the event and history tables when
 it is opened)::
 
@@ -99,7 +99,7 @@ log = logging.getLogger("collab.store")
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Every statement is idempotent: it creates a new file and completes an older one.
 _SCHEMA = """
@@ -329,6 +329,15 @@ class SQLiteStore(SQLiteHistory, GroupCommitStore):
                         )
                     for statement in SCHEMA_3:
                         db.execute(statement)
+                    # Version 3 files (a day's development): the session totals.
+                    columns = {row[1] for row in db.execute("PRAGMA table_info(collab_history)")}
+                    for column, kind in (
+                        ("gap", "REAL"),
+                        ("cum_n", "INTEGER NOT NULL DEFAULT 0"),
+                        ("cum_bytes", "INTEGER NOT NULL DEFAULT 0"),
+                    ):
+                        if column not in columns:
+                            db.execute(f"ALTER TABLE collab_history ADD COLUMN {column} {kind}")
                 # Always written, so that a read-only file fails here, at open.
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:

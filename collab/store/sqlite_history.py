@@ -8,14 +8,21 @@ orders it for good: no row can appear later below a checkpoint's seq.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any
 
 from ..webhooks import StoredEvent
 from .events import EventDraft
-from .history import Checkpoint, PointRead, Session, TrashEntry, Version, thin
+from .history import (
+    Checkpoint,
+    PointRead,
+    Session,
+    TrashEntry,
+    Version,
+    list_sessions,
+    thin,
+)
 
 SCHEMA_3 = [
     """CREATE TABLE IF NOT EXISTS collab_history (
@@ -25,9 +32,14 @@ SCHEMA_3 = [
         created_at REAL NOT NULL,
         author TEXT,
         size INTEGER NOT NULL,
-        folded INTEGER NOT NULL
+        folded INTEGER NOT NULL,
+        gap REAL,
+        cum_n INTEGER NOT NULL DEFAULT 0,
+        cum_bytes INTEGER NOT NULL DEFAULT 0
     )""",
-    "CREATE INDEX IF NOT EXISTS collab_history_by_name ON collab_history (name, id)",
+    # (name, id) plus the gap: finding session boundaries reads no table rows.
+    "CREATE INDEX IF NOT EXISTS collab_history_by_name ON collab_history (name, id, gap)",
+    "CREATE INDEX IF NOT EXISTS collab_history_by_author ON collab_history (name, author, id)",
     "CREATE INDEX IF NOT EXISTS collab_history_by_time ON collab_history (created_at)",
     """CREATE TABLE IF NOT EXISTS collab_checkpoints (
         name TEXT NOT NULL,
@@ -64,26 +76,6 @@ SCHEMA_3 = [
         result TEXT
     )""",
 ]
-
-# Sessions: a row opens one when it comes more than :gap seconds after the one before.
-_SESSIONS = """
-WITH r AS (
-    SELECT id, created_at AS at, author, size FROM collab_history
-    WHERE name = :name AND id < :before
-    UNION ALL
-    SELECT id, created_at, author, LENGTH(data) FROM collab_updates
-    WHERE name = :name AND id < :before
-), g AS (
-    SELECT id, at, author, size,
-           CASE WHEN at - LAG(at) OVER (ORDER BY id) > :gap THEN 1 ELSE 0 END AS brk
-    FROM r
-), s AS (
-    SELECT id, at, author, size, SUM(brk) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING) AS sid
-    FROM g
-)
-SELECT MIN(id), MAX(id), MIN(at), MAX(at), json_group_array(DISTINCT author), COUNT(*), SUM(size)
-FROM s GROUP BY sid ORDER BY sid DESC LIMIT :limit
-"""
 
 _CHECKPOINTS = """
 SELECT seq, at FROM collab_checkpoints WHERE name = :name
@@ -165,12 +157,21 @@ class SQLiteHistory:
         return seq
 
     def _h_move_log(self, db: sqlite3.Connection, name: str, last_id: int, folded: int) -> None:
+        prev = db.execute(
+            "SELECT created_at, cum_n, cum_bytes FROM collab_history WHERE name = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (name,),
+        ).fetchone()
+        at, n, size = prev if prev is not None else (None, 0, 0)
         db.execute(
             "INSERT OR REPLACE INTO collab_history"
-            " (id, name, data, created_at, author, size, folded)"
-            " SELECT id, name, data, created_at, author, LENGTH(data), ?"
-            " FROM collab_updates WHERE name = ? AND id <= ?",
-            (folded, name, last_id),
+            " (id, name, data, created_at, author, size, folded, gap, cum_n, cum_bytes)"
+            " SELECT id, name, data, created_at, author, LENGTH(data), :folded,"
+            "  created_at - COALESCE(LAG(created_at) OVER w, :at),"
+            "  :n + ROW_NUMBER() OVER w,"
+            "  :size + SUM(LENGTH(data)) OVER (ORDER BY id ROWS UNBOUNDED PRECEDING)"
+            " FROM collab_updates WHERE name = :name AND id <= :last WINDOW w AS (ORDER BY id)",
+            {"folded": folded, "at": at, "n": n, "size": size, "name": name, "last": last_id},
         )
 
     def _h_after_compaction(self, db: sqlite3.Connection, name: str, seq: int, now: float) -> None:
@@ -346,21 +347,19 @@ class SQLiteHistory:
         return conn
 
     def _h_sessions_sync(self, name: str, before: int, gap: float, limit: int) -> list[Session]:
-        rows = self._h_reader.execute(
-            _SESSIONS, {"name": name, "before": before, "gap": gap, "limit": limit}
-        ).fetchall()
-        return [
-            Session(
-                int(a),
-                int(b),
-                float(c),
-                float(d),
-                tuple(sorted(x for x in json.loads(authors) if x is not None)),
-                int(n),
-                int(size or 0),
-            )
-            for a, b, c, d, authors, n, size in rows
-        ]
+        db = self._h_reader
+        db.execute("BEGIN")  # one snapshot of both tables
+        try:
+            lister = list_sessions(name, before, gap, limit)
+            query = next(lister)
+            while True:
+                try:
+                    query = lister.send(db.execute(*query).fetchall())
+                except StopIteration as done:
+                    sessions: list[Session] = done.value
+                    return sessions
+        finally:
+            db.execute("COMMIT")
 
     def _h_checkpoints_sync(self, name: str) -> list[Checkpoint]:
         return [
