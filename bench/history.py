@@ -44,7 +44,7 @@ TYPISTS = 5
 
 
 async def _store(url: str, *, history: bool, **options: Any) -> Any:
-    store = open_store(url, **options)
+    store: Any = open_store(url, **options)
     await store.open()
     store.history_retention = 30 * 86400.0 if history else 0.0
     store.trash_retention = 0.0

@@ -158,9 +158,14 @@ _LAST_ROW = (
     "SELECT id, created_at, cum_n, cum_bytes, size FROM collab_history"
     " WHERE name = ? AND id < ? ORDER BY id DESC LIMIT 1"
 )
+# Only the ids: the scan stays in the covering index (name, id, gap).
 _BOUNDARIES = (
-    "SELECT id, created_at, cum_n, cum_bytes, size FROM collab_history"
+    "SELECT id FROM collab_history"
     " WHERE name = ? AND id < ? AND (gap IS NULL OR gap > ?) ORDER BY id DESC LIMIT ?"
+)
+_ROWS_BY_ID = (
+    "SELECT id, created_at, cum_n, cum_bytes, size FROM collab_history"
+    " WHERE name = ? AND id IN ({}) ORDER BY id DESC"
 )
 _FIRST_ROW = (
     "SELECT id, created_at, cum_n, cum_bytes, size FROM collab_history"
@@ -194,8 +199,12 @@ def list_sessions(name: str, before: int, gap: float, limit: int) -> Lister:
     # The history: boundaries newest first, each session up to the row before the next.
     history: list[Session] = []
     if last:
-        bounds = yield _BOUNDARIES, (name, before, gap, limit + 2)
-        if len(bounds) < limit + 2:
+        ids = yield _BOUNDARIES, (name, before, gap, limit + 2)
+        bounds: list[tuple[Any, ...]] = []
+        if ids:
+            marks = ", ".join("?" * len(ids))
+            bounds = yield _ROWS_BY_ID.format(marks), (name, *(i for (i,) in ids))
+        if len(ids) < limit + 2:
             first = yield _FIRST_ROW, (name,)
             if first and (not bounds or bounds[-1][0] != first[0][0]):
                 bounds = [*bounds, first[0]]
