@@ -648,3 +648,31 @@ async def test_a_remote_bot_and_the_cli_read_and_restore_through_the_http_api(
     code, out, err = await run_cli("show", "shell", "--at", "soon", "--server", server.http_url)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "[invalid_point]" in err and "Traceback" not in err
+
+
+async def test_hooks_see_a_restore_as_a_change_by_restore_and_server_code_can_restore(
+    make_client: ClientFactory, tmp_path: Any
+) -> None:
+    from collab.hooks import Change, Hooks
+
+    seen: list[Change] = []
+
+    class Recorder(Hooks):
+        async def on_change(self, event: Change) -> None:
+            seen.append(event)
+
+    async with InProcessServer(
+        store=f"sqlite:///{tmp_path / 'hooks.db'}", hooks=[Recorder()]
+    ) as server:
+        alice = await make_client("hooked", url=server.ws_url)
+        alice.text().insert(0, "keep")
+        seq_t = await settle(server, alice)
+        alice.text().insert(4, " drop")
+        await settle(server, alice)
+        result = await server.server.restore("hooked", to=seq_t, principal="ops")
+        assert result["restored_to"]["seq"] == seq_t
+        await eventually(lambda: text_of(alice) == "keep")
+        await eventually(lambda: any("restore:ops" in c.authors for c in seen))
+        page = await server.server.history("hooked", gap_ms=0)
+        assert page["sessions"][0]["authors"] == ["restore:ops"]
+        assert (await server.server.at("hooked", seq_t))["text"] == "keep"
