@@ -266,6 +266,14 @@ async def test_through_nginx_without_upgrade_headers_the_editor_works_over_http(
     assert await label(behind) == "Connected · HTTP"
     await direct.page.locator("#people .person-name", has_text="Ada Lovelace").wait_for()
 
+    # Closing the tab says goodbye (a beacon, POST /send?close=1), and the
+    # session lost when the proxy went away was ended by the reconnect: Ada
+    # leaves Grace's list at once, not when the server expires a session (30 s).
+    await behind.page.close()
+    await direct.page.wait_for_function(
+        "() => document.querySelectorAll('#people .person').length === 1", timeout=10_000
+    )
+
 
 async def test_behind_a_buffering_nginx_the_editor_settles_on_long_poll_within_10_s(
     browser: Browser,

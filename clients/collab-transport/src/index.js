@@ -102,6 +102,23 @@ export function forgetTier (wsUrl, options = {}) {
   try { storage.removeItem(STORAGE_PREFIX + appBase(wsUrl)) } catch {}
 }
 
+/**
+ * Sessions this process (or tab) lost without a goodbye, by server: a later
+ * connection to the same server ends them, so that the presence they still
+ * hold on the server (which lets one connection own a client's presence)
+ * does not shadow the new session's until they expire.
+ */
+const orphans = new Map()
+const ORPHANS_KEPT = 8
+const ORPHAN_AGE = 5 * 60 * 1000
+
+function adoptOrphan (wsUrl, sid) {
+  const base = appBase(wsUrl)
+  const list = (orphans.get(base) || []).filter((o) => o.sid !== sid)
+  list.push({ url: wsUrl, sid, at: Date.now() })
+  orphans.set(base, list.slice(-ORPHANS_KEPT))
+}
+
 function rememberTier (wsUrl, tier, options) {
   const storage = options.storage || defaultStorage()
   try { storage.setItem(STORAGE_PREFIX + appBase(wsUrl), JSON.stringify({ tier, at: Date.now() })) } catch {}
@@ -208,6 +225,9 @@ class Transport extends EventTarget {
     this._posting = false
     this._closing = null
     this._probed = false // /transport/probe answered for this connection
+    this._saidGoodbye = false
+    this._onPageHide = null
+    this._orphaning = null // the goodbyes of sessions lost earlier, while they are on their way
     queueMicrotask(() => this._start())
   }
 
@@ -263,6 +283,7 @@ class Transport extends EventTarget {
 
   _start () {
     if (this.readyState !== CONNECTING) return
+    this._endOrphans()
     const tiers = this._config.tiers
     const remembered = rememberedTier(this.url, this._config)
     if (remembered && remembered !== 'websocket' && tiers.includes(remembered)) {
@@ -376,6 +397,7 @@ class Transport extends EventTarget {
     if (this.transport !== 'websocket') {
       rememberTier(this.url, this.transport, this._config)
       if (this._config.tiers.includes('websocket') && this._webSocketClass()) this._scheduleReprobe()
+      this._watchPageHide()
     }
     this._emit('open')
   }
@@ -457,6 +479,7 @@ class Transport extends EventTarget {
         return
       }
       if (this._sid && info.sid !== this._sid) {
+        adoptOrphan(this.url, String(info.sid)) // the session this resume opened is not used
         this._fail(1006, 'session expired') // a resume that got a new session: resync
         return
       }
@@ -603,7 +626,7 @@ class Transport extends EventTarget {
   // --- up: POST ----------------------------------------------------------------
 
   _flush () {
-    if (this._posting || this._queue.length === 0 || !this._sid) return
+    if (this._posting || this._queue.length === 0 || !this._sid || this._orphaning) return
     if (this.readyState !== OPEN && this.readyState !== CLOSING) return
     let count = 0
     let size = 0
@@ -690,19 +713,84 @@ class Transport extends EventTarget {
     this.readyState = CLOSING
     this._stopStream()
     this._closing = { code, reason }
-    this._after(this._config.closeTimeout, () => this._finish(code, reason, false))
+    this._after(this._config.closeTimeout, () => {
+      if (this._sid) adoptOrphan(this.url, this._sid)
+      this._finish(code, reason, false)
+    })
     this._flush()
     this._closedIfDrained()
   }
 
   _closedIfDrained () {
     if (this.readyState === CLOSING && this._closing && !this._posting && this._queue.length === 0) {
-      this._finish(this._closing.code, this._closing.reason, true)
+      this._sayGoodbye()
     }
   }
 
+  /**
+   * `POST /send/{doc}?sid=&close=1`: the session ends now, as a WebSocket
+   * closed with 1000, so this client's presence leaves at once instead of
+   * when the server expires the session.
+   */
+  async _sayGoodbye () {
+    if (this._saidGoodbye) return
+    this._saidGoodbye = true
+    const controller = this._request()
+    try {
+      await this._fetch(endpointUrl(this.url, 'send', { sid: this._sid, close: 1 }), {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/octet-stream', ...this._headers() },
+        body: new Uint8Array(0),
+        credentials: this._config.credentials,
+        cache: 'no-store',
+        signal: controller.signal
+      })
+    } catch {
+      adoptOrphan(this.url, this._sid) // offline: the next connection says it
+    }
+    this._requests.delete(controller)
+    if (this.readyState === CLOSING) this._finish(this._closing.code, this._closing.reason, true)
+  }
+
+  /** A closing tab cannot wait for a fetch: a beacon carries the queued frames and the goodbye. */
+  _watchPageHide () {
+    const nav = globalThis.navigator
+    if (typeof globalThis.addEventListener !== 'function' || !nav || typeof nav.sendBeacon !== 'function') return
+    this._onPageHide = () => {
+      if (this.readyState !== OPEN || !this._sid) return
+      const body = new Blob([encodeFrames(this._queue)], { type: 'application/octet-stream' })
+      if (nav.sendBeacon(endpointUrl(this.url, 'send', { sid: this._sid, close: 1 }), body)) this._queue = []
+    }
+    globalThis.addEventListener('pagehide', this._onPageHide)
+  }
+
   _fail (code, reason) {
+    // Lost, not ended by the server: the session may live on there for a while.
+    if (code === 1006 && this._sid && !this._saidGoodbye) adoptOrphan(this.url, this._sid)
     this._finish(code, reason, false)
+  }
+
+  /** Say goodbye for the sessions lost earlier on this server (in the background; kept on a network error). */
+  _endOrphans () {
+    const base = this._base
+    const list = orphans.get(base)
+    if (!list) return
+    orphans.delete(base)
+    const goodbyes = list.filter((orphan) => Date.now() - orphan.at < ORPHAN_AGE).map((orphan) =>
+      this._fetch(endpointUrl(orphan.url, 'send', { sid: orphan.sid, close: 1 }), {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/octet-stream', ...this._headers() },
+        body: new Uint8Array(0),
+        credentials: this._config.credentials,
+        cache: 'no-store'
+      }).catch(() => adoptOrphan(orphan.url, orphan.sid)))
+    // This session's first POST (its presence) waits for them: sent before,
+    // its presence would be refused as the old session's, then removed with it.
+    const done = Promise.all(goodbyes).then(() => {
+      if (this._orphaning === done) this._orphaning = null
+      this._flush()
+    })
+    this._orphaning = done
   }
 
   _finish (code, reason, wasClean) {
@@ -727,6 +815,8 @@ class Transport extends EventTarget {
     this._posting = false
     this.bufferedAmount = 0
     if (this._ws) detach(this._ws)
+    if (this._onPageHide) globalThis.removeEventListener('pagehide', this._onPageHide)
+    this._onPageHide = null
   }
 
   // --- upward ------------------------------------------------------------------

@@ -21,10 +21,12 @@ export async function startServer (script = {}) {
   const state = {
     requests: [], // {method, path, query, headers}
     posts: [], // {sid, seq, frames}
+    goodbyes: [], // {sid, frames}: POSTs with close=1
     upgrades: 0,
     sessions: new Map(),
     sockets: new Set(),
     holdPost: null, // a promise a POST waits on before answering
+    holdGoodbye: null, // the same for a goodbye (close=1)
     dropNextPost: false,
     dropStreamAfter: 0 // end the SSE response abruptly after this many frames (once)
   }
@@ -97,6 +99,12 @@ export async function startServer (script = {}) {
       const chunks = []
       for await (const chunk of req) chunks.push(chunk)
       const frames = decodeFrames(new Uint8Array(Buffer.concat(chunks)))
+      if (query.close === '1') {
+        if (state.holdGoodbye) await state.holdGoodbye
+        state.goodbyes.push({ sid: query.sid, frames })
+        res.writeHead(200, { 'Content-Type': 'application/octet-stream' }).end()
+        return
+      }
       state.posts.push({ sid: query.sid, seq: Number(req.headers['collab-seq']), frames })
       if (state.dropNextPost) {
         state.dropNextPost = false

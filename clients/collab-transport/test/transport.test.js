@@ -223,7 +223,7 @@ test('a POST whose answer was lost is sent again with the same Collab-Seq', asyn
   assert.equal(server.state.posts[2].seq, 2)
 })
 
-test('close() posts what was queued, then reports a clean close', async () => {
+test('close() posts what was queued, says goodbye, then reports a clean close', async () => {
   const server = await serve()
   const { socket, opened, closed } = open(createTransport({ storage: memory(), tiers: ['poll'] }), server.url())
   await opened
@@ -233,6 +233,8 @@ test('close() posts what was queued, then reports a clean close', async () => {
   const close = await closed
   assert.deepEqual([close.code, close.wasClean], [1005, true])
   assert.deepEqual(server.state.posts.map((p) => p.frames), [[Uint8Array.of(1, 1, 0)]])
+  assert.deepEqual(server.state.goodbyes, [{ sid: socket.sid, frames: [] }])
+  assert.equal(server.state.requests.at(-1).query.close, '1') // the goodbye came last
   assert.throws(() => socket.close(1006), /InvalidAccessError|neither/)
 })
 
@@ -297,4 +299,41 @@ test('headers and credentials go with every request of a session, not with the p
   assert.equal(probe.length, hasWebSocket ? 1 : 0)
   assert.ok(probe.every((r) => r.headers.authorization === undefined))
   assert.ok(seen.filter((r) => r.kind !== 'transport').every((r) => r.credentials === 'include'))
+})
+
+test('a session lost without a goodbye is ended by the next connection to the same server', async () => {
+  // The stream breaks and every resume meets a proxy error page: the
+  // provider sees 1006 while the session may live on in the server.
+  let cut = false
+  const server = await serve({ refuse: ({ kind, query }) => cut && kind === 'sse' && query.sid && [502, '<html>Bad Gateway</html>'] })
+  const Transport = createTransport({ storage: memory(), tiers: ['sse'], retryDelay: 20 })
+  const first = open(Transport, server.url())
+  await first.opened
+  const lost = first.socket.sid
+  cut = true
+  server.state.sessions.get(lost).streams.values().next().value.res.socket.destroy()
+  assert.equal((await first.closed).code, 1006)
+  assert.deepEqual(server.state.goodbyes, [])
+
+  let release
+  server.state.holdGoodbye = new Promise((resolve) => { release = resolve })
+  const second = open(Transport, server.url())
+  await second.opened
+  assert.notEqual(second.socket.sid, lost)
+  // The new session's first POST (the provider's presence) waits for the goodbye.
+  second.socket.send(Uint8Array.of(1, 1, 0))
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  assert.equal(server.state.posts.length, 0, 'posted before the lost session was ended')
+  release()
+  await until(() => server.state.posts.length === 1, 'the first POST')
+  assert.deepEqual(server.state.goodbyes.map((g) => g.sid), [lost])
+  server.state.holdGoodbye = null
+
+  // Said once: a third connection has nothing left to end.
+  second.socket.close()
+  await second.closed
+  const third = open(Transport, server.url())
+  await third.opened
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  assert.deepEqual(server.state.goodbyes.map((g) => g.sid), [lost, second.socket.sid])
 })
