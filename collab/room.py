@@ -327,7 +327,7 @@ class Room:
         inbox, self._inbox, self._inbox_bytes = self._inbox, {}, 0
         for conn, updates in inbox.items():
             try:
-                self.apply_update(_merge_received(updates), conn)
+                self._apply_merged(updates, conn)
             except ProtocolError as exc:
                 if self._metrics is not None:
                     self._metrics.refused(exc.code.name.lower())
@@ -355,7 +355,7 @@ class Room:
             live = [(u, f) for u, f in items if not f.done()]
             if len(live) > 1:
                 try:
-                    self.apply_update(_merge_received([u for u, _ in live]), origin)
+                    self._apply_merged([u for u, _ in live], origin)
                 except ProtocolError:
                     pass  # one of them is refused: find which, one by one
                 else:
@@ -369,6 +369,30 @@ class Room:
                     future.set_exception(exc)
                 else:
                     future.set_result(None)
+
+    def _apply_merged(self, updates: list[bytes], origin: Origin) -> None:
+        """Apply ``updates`` as one, and pass them on as they were sent.
+
+        The transaction's own update is re-encoded from the document, where an
+        insert into text typed earlier in the same batch has split that text
+        into two items; what the sender sent, less what the document already
+        had, keeps every item whole (as the updates applied one by one did).
+        Only when all of it was integrated: what waits for dependencies is
+        never passed on.
+        """
+        if len(updates) == 1:
+            self.apply_update(updates[0], origin)
+            return
+        merged = _merge_received(updates)
+        before = self.doc.get_state()
+        queued = len(self._pending)
+        self.apply_update(merged, origin)
+        if self._waiting is None and len(self._pending) == queued + 1:
+            update, by = self._pending[-1]
+            if by is origin:
+                sent = get_update(merged, before)
+                self._pending[-1] = (sent, origin)
+                self._pending_bytes += len(sent) - len(update)
 
     def _drop_inbox(self) -> None:
         if self._inbox_handle is not None:

@@ -97,6 +97,28 @@ async def test_updates_of_one_turn_are_applied_as_one_transaction(room: Room) ->
     assert text(check) == "hello world"
 
 
+async def test_merged_updates_pass_on_each_insert_whole(room: Room) -> None:
+    """An insert into text typed earlier in the same turn splits that text in
+    the document; what others get keeps both as they were typed."""
+    writer, _ = join(room)
+    reader, reader_channel = join(room)
+    await settle()
+    client: Doc[Any] = Doc()
+    typed = client.get("text", type=Text)
+    before = client.get_state()
+    typed += "{first}"
+    room.receive(writer, protocol.sync_update(client.get_update(before)))
+    before = client.get_state()
+    typed.insert(3, "{second}")
+    room.receive(writer, protocol.sync_update(client.get_update(before)))
+    await settle()
+    (update,) = reader_channel.updates()
+    assert b"{first}" in update and b"{second}" in update
+    check: Doc[Any] = Doc()
+    check.apply_update(update)
+    assert text(check) == str(typed) == text(room.doc)
+
+
 async def test_merged_updates_are_stored_under_their_sender(room: Room, store: MemoryStore) -> None:
     a, _ = join(room)
     b, _ = join(room)
