@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -60,7 +61,7 @@ async def test_http_update_past_document_limit_is_413(
     make_server: ServerFactory, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server(max_doc_size=1024)
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, "y" * 4096)
     async with http.post(f"{server.http_url}/api/docs/big/update", data=doc.get_update()) as r:
         assert r.status == 413
@@ -117,7 +118,7 @@ async def test_sending_more_bytes_than_the_byte_rate_is_closed_with_4429(
     a = await make_client(url=server.ws_url)
     b = await make_client(url=server.ws_url)
     flood = await http.ws_connect(f"{server.ws_url}/doc")
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     text = writer.get("text", type=Text)
     for _ in range(20):
         before = writer.get_state()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pycrdt import Doc, Text
@@ -44,14 +45,14 @@ async def test_an_update_from_the_channel_reaches_the_room_and_the_other_channel
     writer, reader = MemoryChannel(), MemoryChannel()
     _, writing = await _served(writer, context)
     _, reading = await _served(reader, context)
-    source: Doc[object] = Doc()
+    source: Doc[Any] = Doc()
     source.get("text", type=Text).insert(0, "no socket needed")
     writer.deliver(protocol.sync_update(source.get_update()))
     async with asyncio.timeout(5):
         while not reader.updates():
             reader.sent.clear()
             await reader.sent.wait()
-    check: Doc[object] = Doc()
+    check: Doc[Any] = Doc()
     for update in reader.updates():
         check.apply_update(update)
     assert str(check.get("text", type=Text)) == "no socket needed"

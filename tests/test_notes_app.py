@@ -112,6 +112,7 @@ async def sign_in(browser: Browser, app: NotesApp, login: str, *, next: str = "/
 async def editor_frame(page: Page) -> Frame:
     """The frame of collab's editor on a note page, once its document is synced."""
     handle = await page.wait_for_selector("iframe#editor")
+    assert handle is not None
     frame = await handle.content_frame()
     assert frame is not None
     await frame.wait_for_function(

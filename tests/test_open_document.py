@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 from pycrdt import Doc, Text
 
 from collab.client import Session
 from collab.origins import ServerOrigin
-from collab.store import open_store
 from collab.testing import converged
 from collab.testing.server import InProcessServer
 from tests.conftest import ClientFactory, RedisServer, ServerFactory
-from tests.helpers import eventually
+from tests.helpers import eventually, sqlite_store
 
 
 async def test_server_edits_merge_with_concurrent_typing_on_every_peer(
@@ -55,10 +55,10 @@ async def test_a_server_edit_reaches_sockets_and_the_store_on_exit(
     async with server.server.open_document("report", origin="importer") as doc:
         doc.append("imported by the server")
     # Exit waits for the commit: a fresh handle on the same database reads it.
-    async with open_store(url) as fresh:
+    async with sqlite_store(url) as fresh:
         stored = await fresh.load("report")
     assert stored is not None
-    check: Doc[object] = Doc()
+    check: Doc[Any] = Doc()
     check.apply_update(stored)
     assert str(check.get("text", type=Text)) == "imported by the server"
     await eventually(lambda: str(reader.text()) == "imported by the server")

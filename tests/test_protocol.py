@@ -29,13 +29,13 @@ from collab.protocol import ProtocolError
 
 
 def sample_update() -> bytes:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, "hello")
     return doc.get_update()
 
 
 def awareness_payload(state: dict[str, object] | None = None) -> bytes:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     aw = Awareness(doc)
     aw.set_local_state(state if state is not None else {"user": {"name": "ada"}})
     return aw.encode_awareness_update([doc.client_id])
@@ -64,7 +64,7 @@ def test_frames_round_trip_to_typed_messages() -> None:
 
 
 def test_our_step1_is_what_pycrdt_sends() -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, "x")
     assert protocol.sync_step1(doc.get_state()) == create_sync_message(doc)
 
@@ -169,7 +169,7 @@ OPS = st.lists(
 
 def random_docs(ops: list[tuple[str, int, str]]) -> list[bytes]:
     """Updates of two clients editing every kind of shared type, plus the merged state."""
-    docs = [Doc(), Doc()]
+    docs: list[Doc[Any]] = [Doc(), Doc()]
     updates = []
     who = 0
     for op, n, word in ops:
@@ -224,7 +224,7 @@ def test_scan_reads_every_valid_update_to_its_delete_set(ops: list[tuple[str, in
         rest = update[shape.end :]
         assert IdSet.decode(rest).encode() == rest or rest == b"\x00"
         # ...and counted every client's clock as yrs does.
-        probe = Doc()
+        probe: Doc[Any] = Doc()
         probe.apply_update(update)
         if get_update(update, probe.get_state())[0] == 0:  # nothing pending
             clocks = protocol.decode_state_vector(get_state(update))
@@ -232,7 +232,7 @@ def test_scan_reads_every_valid_update_to_its_delete_set(ops: list[tuple[str, in
 
 
 def nested_maps(depth: int) -> bytes:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     level = doc.get("map", type=Map)
     with doc.transaction():
         for _ in range(depth):
@@ -250,7 +250,7 @@ def test_scan_measures_nesting_and_refuses_it_beyond_the_bound() -> None:
 
 
 def test_scan_refuses_values_nested_beyond_the_bound() -> None:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     value: object = 1
     for _ in range(70):
         value = [value]
