@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from collab.closecodes import CloseCode
@@ -13,7 +15,11 @@ from tests.helpers import eventually
 async def test_a_delete_closes_the_other_processes_editors_and_stays_deleted(
     make_client: ClientFactory, redis_server: RedisServer, postgres_url: str
 ) -> None:
-    settings = {"store": postgres_url, "redis_url": redis_server.url, "unload_grace": 0.1}
+    settings: dict[str, Any] = {
+        "store": postgres_url,
+        "redis_url": redis_server.url,
+        "unload_grace": 0.1,
+    }
     async with InProcessServer(**settings) as one, InProcessServer(**settings) as two:
         writer = await make_client("doomed", url=one.ws_url, reconnect=False)
         elsewhere = await make_client("doomed", url=two.ws_url, reconnect=False)

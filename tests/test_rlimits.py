@@ -140,7 +140,7 @@ def test_an_unlimited_hard_limit_raises_the_soft_one_to_the_most_the_system_take
         if limits[0] > 10_240:
             raise ValueError("not allowed")
 
-    monkeypatch.setattr(rlimits.resource, "getrlimit", lambda which: (256, unlimited))
-    monkeypatch.setattr(rlimits.resource, "setrlimit", setrlimit)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, unlimited))
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
     assert rlimits.raise_open_files(100) == rlimits.OpenFiles(256, 10_240, -1)
     assert asked == [1 << 20, 10_240]

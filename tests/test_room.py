@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from pycrdt import Awareness, Doc, Text
@@ -19,7 +20,7 @@ from tests.fakes import MemoryChannel
 from tests.helpers import eventually
 
 
-def edit(text: str, client: Doc | None = None) -> bytes:
+def edit(text: str, client: Doc[Any] | None = None) -> bytes:
     doc = client or Doc()
     before = doc.get_state()
     t = doc.get("text", type=Text)
@@ -28,7 +29,7 @@ def edit(text: str, client: Doc | None = None) -> bytes:
 
 
 def text_of(updates: list[bytes]) -> str:
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     for u in updates:
         doc.apply_update(u)
     return str(doc.get("text", type=Text))
@@ -66,7 +67,7 @@ async def test_update_goes_to_others_but_not_back_to_sender(room: Room) -> None:
 async def test_updates_of_one_turn_are_merged_into_one_frame(room: Room) -> None:
     a, _ = join(room)
     _, cb = join(room)
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     for word in ("one ", "two ", "three"):
         room.handle(a, protocol.sync_update(edit(word, writer)))
     await settle()
@@ -88,9 +89,9 @@ async def test_two_senders_in_one_turn_each_get_only_the_others_change(room: Roo
 
 
 async def test_server_opens_with_its_step1_and_answers_step1_with_the_diff(room: Room) -> None:
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     room.apply_update(edit("hello ", writer), LOCAL)
-    client = Doc()
+    client: Doc[Any] = Doc()
     client.apply_update(room.doc.get_update())  # the client already has "hello "
     room.apply_update(edit("world", writer), LOCAL)
     conn, channel = join(room)
@@ -196,7 +197,7 @@ async def test_changes_are_stored_once_per_turn_and_loads_are_not_stored_again()
     room.load(edit("loaded"))
     assert await store.info("doc") is None
     conn, _ = join(room)
-    writer = Doc()
+    writer: Doc[Any] = Doc()
     room.handle(conn, protocol.sync_update(edit("a", writer)))
     room.handle(conn, protocol.sync_update(edit("b", writer)))
     await settle()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pycrdt import Doc, Text
 
@@ -61,7 +62,7 @@ async def test_room_unloads_after_grace_and_reloads_with_same_content() -> None:
     room = await manager.acquire("doc")
     conn = Connection(MemoryChannel(), doc="doc", peer="test")
     room.join(conn)
-    source = Doc()
+    source: Doc[Any] = Doc()
     source.get("text", type=Text).insert(0, "persisted")
     room.apply_update(source.get_update(), conn)
     room.leave(conn)

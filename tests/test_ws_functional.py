@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -63,7 +64,7 @@ async def test_offline_edits_reach_the_room_through_servers_step1(
     observer = await make_client()
     await observer.wait_for(lambda: text_of(observer) == "shared ")
     # A client whose doc was edited before it ever connected.
-    offline = Doc()
+    offline: Doc[Any] = Doc()
     offline.apply_update(first.doc.get_update())
     offline.get("text", type=Text).insert(7, "offline")
     late = await make_client(doc=offline)
@@ -203,7 +204,7 @@ async def test_oversized_message_closes_with_1009(
 ) -> None:
     server = await make_server(max_message_size=1024)
     ws = await raw_socket(http, server)
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get("text", type=Text).insert(0, "x" * 4096)
     await ws.send_bytes(protocol.sync_update(doc.get_update()))
     msg = await ws.receive(timeout=5)
@@ -240,7 +241,10 @@ async def test_slow_reader_is_closed_with_1013_and_others_keep_syncing(
     reader = await make_client(url=server.ws_url)
     # A socket that never reads: its kernel buffers fill up, then its queue.
     stuck = await http.ws_connect(f"{server.ws_url}/doc", max_msg_size=0)
-    transport = stuck._response.connection.transport  # type: ignore[union-attr]
+    connection = stuck._response.connection
+    assert connection is not None
+    transport = connection.transport
+    assert transport is not None
     transport.pause_reading()
     room = server.app[MANAGER].rooms["doc"]
     (stuck_conn,) = [c for c in room.connections if c.peer.endswith(str(stuck_port(stuck)))]
@@ -285,7 +289,7 @@ async def test_permessage_deflate_is_accepted_only_when_enabled(
     # A big edit (compressed in a worker thread by aiohttp when on) reaches another socket.
     other = await http.ws_connect(f"{server.ws_url}/doc", compress=15)
     await other.receive_bytes(timeout=5)
-    doc: Doc = Doc()
+    doc: Doc[Any] = Doc()
     updates: list[bytes] = []
     doc.observe(lambda event: updates.append(event.update))
     doc.get("text", type=Text).insert(0, "x" * 300_000)
@@ -295,7 +299,7 @@ async def test_permessage_deflate_is_accepted_only_when_enabled(
             message = protocol.decode(await other.receive_bytes())
             if isinstance(message, protocol.SyncUpdate):
                 break
-    seen: Doc = Doc()
+    seen: Doc[Any] = Doc()
     seen.apply_update(message.update)
     assert str(seen.get("text", type=Text)) == "x" * 300_000
     await other.close()
