@@ -32,7 +32,7 @@ from aiohttp.abc import AbstractView
 
 from .auth import json_error
 from .config import Settings
-from .keys import METRICS
+from .keys import METRICS, SETTINGS
 
 log = logging.getLogger("collab.guard")
 
@@ -169,7 +169,10 @@ def add_route(
 ) -> web.AbstractRoute:
     """Register ``handler`` behind the app's guard: every collab route goes through here
     (``tests/test_guard.py`` checks that none is left out)."""
-    view = guarded(app[GUARD], handler)
+    guard = app.get(GUARD)
+    if guard is None:  # a part used alone (setup_frontend on a bare app): its settings' checks
+        guard = app[GUARD] = Guard(app.get(SETTINGS) or Settings())
+    view = guarded(guard, handler)
     if method == "GET":  # as add_get: HEAD too
         return app.router.add_get(path, view, **kwargs)
     return app.router.add_route(method, path, view, **kwargs)
@@ -183,7 +186,9 @@ def add_routes(app: web.Application, table: Iterable[web.AbstractRouteDef]) -> N
 
 
 def _refuse(request: web.Request, metric: str, code: str, message: str) -> None:
-    request.app[METRICS].refused(metric)
+    metrics = request.app.get(METRICS)
+    if metrics is not None:  # None: a part used alone, without the server's metrics
+        metrics.refused(metric)
     peer = request.remote or "?"
     log.warning(
         "refused %s %r peer=%s status=403 reason=%s",
