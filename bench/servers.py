@@ -101,6 +101,12 @@ HOOKED_FLAGS = (
 )
 
 NO_STATE = "no document state: a relay cannot serve late joiners"
+#: S2 counts each writer's markers in the raw frames a client receives.  A
+#: worker applies what another worker published in one transaction, and Yjs
+#: encodes a marker that a later insert of the same batch landed inside as two
+#: pieces, so S2 would time out counting although the document is whole
+#: (checked: every character there).
+SPLIT_MARKERS = "replicated batches arrive re-encoded: S2's marker count cannot see split markers"
 #: collab-unchunked runs only the big-document scenario: peak RSS with and without pieces.
 ONLY_S7 = "runs S7 only (collab without --sync-chunk-bytes)"
 
@@ -127,7 +133,15 @@ def default_servers() -> list[ServerSpec]:
         # collab-sqlite as two workers (issue #17): 1 vs 2 workers with
         # --server collab-sqlite --server collab-workers2.  The workers get both
         # cores, so on a 2-core machine they share one with the generator.
-        ServerSpec("collab-workers2", "collab", "sqlite", workers=2, cpus="0,1", opt_in=True),
+        ServerSpec(
+            "collab-workers2",
+            "collab",
+            "sqlite",
+            workers=2,
+            cpus="0,1",
+            opt_in=True,
+            skips={"S2": SPLIT_MARKERS},
+        ),
     ]
 
 
