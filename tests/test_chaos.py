@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -94,7 +95,7 @@ class LossyRelay:
 
     def __init__(self, drop_every: int = 10) -> None:
         self.drop_every = drop_every
-        self.docs: dict[str, Doc] = {}
+        self.docs: dict[str, Doc[Any]] = {}
         self.peers: dict[str, set[web.WebSocketResponse]] = {}
         self.forwarded = itertools.count(1)
         self.dropped = 0
