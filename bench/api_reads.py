@@ -18,6 +18,7 @@ import asyncio
 import collections
 import time
 from contextlib import suppress
+from typing import Any
 
 import aiohttp
 from pycrdt import Doc, Text
@@ -31,7 +32,7 @@ SECONDS = 10.0
 
 
 def fragmented() -> bytes:
-    doc: Doc[object] = Doc()
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     for _ in range(ITEMS):
         text.insert(0, "ab")

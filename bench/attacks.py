@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from pycrdt import Doc, Encoder, Map, Text
@@ -364,7 +365,7 @@ async def query_amplification(server: Server, http: aiohttp.ClientSession, resul
 
 def chained(count: int, size: int) -> list[bytes]:
     """``count`` edits of ``size`` bytes that all depend on a first one never sent."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     text = doc.get("text", type=Text)
     text.insert(0, "first")
     updates = []
@@ -432,7 +433,7 @@ async def orphan_deletes(server: Server, http: aiohttp.ClientSession, result: Re
 
 async def nested_maps(server: Server, http: aiohttp.ClientSession, result: Result) -> None:
     """Finding 6: 24 MB of small nested maps, 1 MB per frame."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     root = doc.get("map", type=Map)
     updates = []
     for batch in range(24):
@@ -458,7 +459,7 @@ async def nested_maps(server: Server, http: aiohttp.ClientSession, result: Resul
 async def deep_nesting(server: Server, http: aiohttp.ClientSession, result: Result) -> None:
     """Finding 6 (depth): an awareness state and maps nested 100,000 levels deep."""
     deep = "[" * 100_000 + "]" * 100_000
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     level = doc.get("map", type=Map)
     with doc.transaction():
         for _ in range(100_000):

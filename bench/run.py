@@ -103,7 +103,7 @@ def plan(
 
 
 def execute(args: argparse.Namespace, servers: list[ServerSpec]) -> list[dict[str, Any]]:
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints
 
     scenarios = [BY_ID[s] for s in args.scenarios]
     out: Path = args.out
