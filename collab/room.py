@@ -87,6 +87,10 @@ _STEP2_CACHE_SIZE = 8
 #: (the splitter reads every struct in Python: ~20 ms per MB of pastes).
 SPLIT_ASIDE_BYTES = 2 * 1024 * 1024
 
+#: Pieces are never smaller than this (a tiny --sync-chunk-bytes would make
+#: one frame per few structs).
+MIN_SYNC_CHUNK_BYTES = 4096
+
 #: Updates one connection may have waiting to be applied in one turn.
 INBOX_MAX_UPDATES = 256
 
@@ -653,6 +657,7 @@ class Room:
         limit = self._limits.sync_chunk_bytes
         if not limit or len(update) <= limit:
             return protocol.sync_step2(update)
+        limit = max(limit, MIN_SYNC_CHUNK_BYTES)
         if len(update) < SPLIT_ASIDE_BYTES:
             return _pieces_as_frames(self.name, update, limit)
         version = self._version
