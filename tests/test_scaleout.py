@@ -1,11 +1,20 @@
-"""Three `collab serve` processes sharing documents through a real Redis and PostgreSQL."""
+"""Three `collab serve` processes sharing documents through a real Redis and PostgreSQL.
+
+Every test runs twice: against three separate processes, and against one
+`collab serve --workers 3` (one port; a client is pinned to a worker through
+the keep-alive connection that asked /healthz, and killing "process i" kills
+worker i, which its supervisor then restarts).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import aiohttp
 import pytest
@@ -16,34 +25,52 @@ from collab.testing.server import ServerProcess
 from tests.conftest import RedisServer
 from tests.helpers import converged, eventually, text_of
 from tests.jsclient import JsClientFactory
+from tests.test_workers import session_on_worker, worker_health
 
 pytestmark = pytest.mark.timeout(120)
 
 MARKER = re.compile(r"\[[a-z]\d+\.\d+\]")
 
 
+class Node(Protocol):
+    """One server of a cluster: a process, or a worker of `--workers`."""
+
+    @property
+    def ws_url(self) -> str: ...
+
+    @property
+    def http_url(self) -> str: ...
+
+    async def kill(self) -> int | None: ...
+
+
 class Cluster:
     """Three server processes on one Redis and one PostgreSQL database."""
 
     def __init__(self, redis: RedisServer, postgres_url: str, *extra: str) -> None:
-        args = (
+        self.args = (
             "--store", postgres_url, "--redis-url", redis.url,
             "--unload-grace", "1", "--awareness-timeout", "3", *extra,
         )  # fmt: skip
-        self.servers = [ServerProcess(*args) for _ in range(3)]
+        self.processes = [ServerProcess(*self.args) for _ in range(3)]
+        self.servers: Sequence[Node] = self.processes
         self.sessions: list[Session] = []
 
     async def start(self) -> None:
-        await asyncio.gather(*(s.start() for s in self.servers))
+        await asyncio.gather(*(s.start() for s in self.processes))
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
-        running = [s for s in self.servers if s.running]
+        running = [s for s in self.processes if s.running]
         await asyncio.gather(*(s.stop(timeout=10) for s in running))
+
+    def left(self, session: Session, server: int) -> bool:
+        """Whether ``session`` is no longer connected through ``server``."""
+        return session.url != self.servers[server].ws_url + "/" + session.name
 
     def urls(self, first: int) -> list[str]:
         """Every server's URL, starting with ``first``'s (where a client connects)."""
-        order = self.servers[first:] + self.servers[:first]
+        order = [*self.servers[first:], *self.servers[:first]]
         return [s.ws_url for s in order]
 
     async def client(self, name: str, on: int) -> Session:
@@ -54,9 +81,80 @@ class Cluster:
         return session
 
 
-@pytest.fixture
-async def cluster(redis_server: RedisServer, postgres_url: str) -> AsyncIterator[Cluster]:
-    c = Cluster(redis_server, postgres_url)
+class Worker:
+    """Worker ``index`` of a `--workers` server, as a cluster node."""
+
+    def __init__(self, process: ServerProcess, index: int) -> None:
+        self.process = process
+        self.index = index
+
+    @property
+    def ws_url(self) -> str:
+        return self.process.ws_url
+
+    @property
+    def http_url(self) -> str:
+        return self.process.http_url
+
+    async def kill(self) -> int | None:
+        """SIGKILL this worker (its supervisor restarts it) and wait until it is gone."""
+        pid = (await worker_health(self.http_url, 3))[self.index]["worker"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await eventually(gone, timeout=10)
+        return -signal.SIGKILL
+
+
+class WorkersCluster(Cluster):
+    """The same three servers as the workers of one `collab serve --workers 3`."""
+
+    def __init__(self, redis: RedisServer, postgres_url: str, *extra: str) -> None:
+        super().__init__(redis, postgres_url, *extra)
+        self.processes = [ServerProcess("--workers", "3", *self.args)]
+        self.servers = [Worker(self.processes[0], i + 1) for i in range(3)]
+        self._pinned: list[aiohttp.ClientSession] = []
+
+    async def start(self) -> None:
+        await super().start()
+
+        async def all_serving() -> bool:
+            return len(await worker_health(self.processes[0].http_url, 3)) == 3
+
+        await eventually(all_serving, timeout=60, interval=0.1)
+
+    async def stop(self) -> None:
+        await super().stop()
+        await asyncio.gather(*(http.close() for http in self._pinned))
+
+    async def client(self, name: str, on: int) -> Session:
+        http, _ = await session_on_worker(self.processes[0].http_url, on + 1)
+        self._pinned.append(http)
+        session = Session(
+            self.servers[on].ws_url, name, min_backoff=0.05, max_backoff=0.5, http=http
+        )
+        self.sessions.append(session)
+        await session.start()
+        await session.wait_synced(15)
+        return session
+
+    def left(self, session: Session, server: int) -> bool:
+        # One URL for all: a session that left its (killed) worker has reconnected.
+        return session.connects > 1
+
+
+@pytest.fixture(params=["processes", "workers"])
+async def cluster(
+    request: pytest.FixtureRequest, redis_server: RedisServer, postgres_url: str
+) -> AsyncIterator[Cluster]:
+    kind = WorkersCluster if request.param == "workers" else Cluster
+    c = kind(redis_server, postgres_url)
     await c.start()
     try:
         yield c
@@ -141,7 +239,7 @@ async def test_sigkilled_process_loses_no_edit_that_reached_a_survivor(cluster: 
     kept = set().union(*await editing)
     final = await converged(victims + survivors, timeout=30)
     assert set(MARKER.findall(final)) == kept
-    assert all(s.url != cluster.servers[2].ws_url + "/crash" for s in victims)
+    assert all(cluster.left(s, 2) for s in victims)
     # And the store has it all once the survivors let the document go.
     for s in victims + survivors:
         await s.close()

@@ -34,6 +34,46 @@ pytestmark = pytest.mark.timeout(180)
 MARKER = re.compile(r"\[[a-z]\d*\.\d+\]")
 
 
+async def worker_health(http_url: str, count: int) -> dict[int, dict[str, Any]]:
+    """Each worker's /healthz, by worker index: new connections until all answered.
+
+    SO_REUSEPORT hashes each connection to a worker: a fresh connection
+    per request (force_close) reaches any one.
+    """
+    seen: dict[int, dict[str, Any]] = {}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(100 * count):
+            async with http.get(f"{http_url}/healthz") as resp:
+                body = await resp.json()
+            seen[body["worker"]["index"]] = body
+            if len(seen) == count:
+                break
+    return seen
+
+
+async def session_on_worker(
+    http_url: str, index: int, tries: int = 100
+) -> tuple[aiohttp.ClientSession, int]:
+    """An HTTP session whose one keep-alive connection reaches worker ``index``; its pid.
+
+    A WebSocket opened with it reuses that connection, hence lands on that
+    worker (its reconnects open new connections and land anywhere).
+    """
+    for _ in range(tries):
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        try:
+            async with http.get(f"{http_url}/healthz") as resp:
+                worker = (await resp.json())["worker"]
+        except BaseException:
+            await http.close()
+            raise
+        if worker["index"] == index:
+            return http, int(worker["pid"])
+        await http.close()
+    raise AssertionError(f"{tries} connections, none reached worker {index}")
+
+
 class Workers:
     """A `collab serve --workers 2` supervisor and what its /healthz says of each worker."""
 
@@ -47,21 +87,7 @@ class Workers:
         await self.both_serving()
 
     async def health(self) -> dict[int, dict[str, Any]]:
-        """Each worker's /healthz, by worker index: new connections until both answered.
-
-        SO_REUSEPORT hashes each connection to a worker: a fresh connection
-        per request (force_close) reaches either one.
-        """
-        seen: dict[int, dict[str, Any]] = {}
-        connector = aiohttp.TCPConnector(force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            for _ in range(200):
-                async with http.get(f"{self.process.http_url}/healthz") as resp:
-                    body = await resp.json()
-                seen[body["worker"]["index"]] = body
-                if len(seen) == 2:
-                    break
-        return seen
+        return await worker_health(self.process.http_url, 2)
 
     async def both_serving(self, timeout: float = 60) -> dict[int, dict[str, Any]]:
         found: dict[int, dict[str, Any]] = {}
