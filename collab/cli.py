@@ -416,8 +416,8 @@ def _serve(settings: Settings) -> int:
     if workers.worker_index() is not None:  # started by the supervisor below
         settings = workers.inherited_settings()
     setup_logging(settings.log_level, settings.log_format)
-    if settings.workers != 1 and workers.worker_index() is None:
-        return workers.supervise(settings)
+    if workers.worker_index() is None and workers.worker_count(settings) > 1:
+        return workers.supervise(settings)  # --workers 0 on one core: no supervisor
 
     try:
         run = _event_loop_runner(settings.event_loop)
