@@ -216,6 +216,57 @@ async def test_a_killed_worker_is_restarted_and_its_clients_come_back(workers: W
     assert len(MARKER.findall(final)) == len(sessions)
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux)."""
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(k) for k in kids]
+
+
+def command_of(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_the_private_redis_is_restarted_and_edits_cross_workers_again(
+    workers: Workers,
+) -> None:
+    supervisor = workers.process.pid
+    assert supervisor is not None
+    (redis,) = [p for p in children(supervisor) if "redis-server" in command_of(p)]
+    sessions = await workers.clients_on_both_workers("outage")
+    os.kill(redis, signal.SIGKILL)
+
+    async def restarted() -> bool:
+        return any(p != redis and "redis-server" in command_of(p) for p in children(supervisor))
+
+    await eventually(restarted, timeout=20, interval=0.1)
+    # It came back empty: the workers reconnect, resync, and edits cross again.
+    for i, s in enumerate(sessions):
+        text = s.doc.get("text", type=Text)
+        text.insert(len(text), f"[r{i}.1]")
+    final = await converged(sessions, timeout=40)
+    assert len(MARKER.findall(final)) == len(sessions)
+    health = await workers.health()
+    assert all(h["redis"]["ready"] for h in health.values()), health
+
+
+async def test_a_killed_supervisor_takes_its_workers_and_redis_with_it(workers: Workers) -> None:
+    supervisor = workers.process.pid
+    assert supervisor is not None
+    kids = children(supervisor)
+    assert len(kids) == 3  # two workers and the private redis-server
+    await workers.process.kill()
+    # PR_SET_PDEATHSIG: each child gets SIGTERM when the supervisor dies.
+    await eventually(lambda: not any(alive(k) for k in kids), timeout=30, interval=0.1)
+
+
 async def test_workers_with_the_tests_redis_pass_the_chaos_runner(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
