@@ -664,14 +664,21 @@ class Room:
         future = self._loop.run_in_executor(None, _pieces_as_frames, self.name, update, limit)
 
         def done(future: asyncio.Future[Sequence[bytes]]) -> None:
-            if future.cancelled() or future.exception() is not None or self._version != version:
+            failed = future.cancelled() or future.exception() is not None
+            if failed:
+                log.error("splitting the answer for %r failed: %r", self.name, future)
+            if self._version != version:
                 return
-            frames = future.result()
+            # A failed split is forgotten: the next joiner tries again.
+            frames: Step2Answer | None = None if failed else future.result()
             if state_vector is None:
                 if self._full_step2 is future:
                     self._full_step2 = frames
             elif self._step2s.get(state_vector) is future:
-                self._step2s[state_vector] = frames
+                if frames is None:
+                    del self._step2s[state_vector]
+                else:
+                    self._step2s[state_vector] = frames
 
         future.add_done_callback(done)
         return future

@@ -8,7 +8,7 @@ sockets, slow links and the stock JavaScript client is in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from collab import protocol
+from collab import room as room_module
 from collab.closecodes import CloseCode
 from collab.connection import KEEPALIVE, Connection
 from collab.keys import MANAGER
@@ -324,6 +325,32 @@ async def test_a_huge_answer_is_split_aside_once_for_a_storm_of_joiners(room: Ro
         await eventually(lambda conn=conn: not conn.sending, timeout=30)  # type: ignore[misc]
         assert text(rebuilt(channel.frames)[0]) == text(source)
     assert isinstance(room._full_step2, list)
+
+
+async def test_a_split_that_fails_is_not_cached(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = big_text(SPLIT_ASIDE_BYTES + 256 * 1024)
+    room.apply_update(source.get_update(), LOCAL)
+    room.flush()
+    real = room_module._pieces_as_frames
+    calls = []
+
+    def failing_once(name: str, update: bytes, limit: int) -> Sequence[bytes]:
+        calls.append(name)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory, say")
+        return real(name, update, limit)
+
+    monkeypatch.setattr(room_module, "_pieces_as_frames", failing_once)
+    first, _ = join(room)
+    room.handle(first, protocol.sync_step1(b"\x00"))
+    assert await first.wait_closed() == CloseCode.GOING_AWAY
+    assert room._full_step2 is None
+    second, channel = join(room)
+    room.handle(second, protocol.sync_step1(b"\x00"))
+    await eventually(lambda: not second.sending and len(channel.frames) > 3, timeout=30)
+    assert text(rebuilt(channel.frames)[0]) == text(source)
 
 
 async def test_a_reconnect_after_half_the_pieces_asks_for_the_rest_only(room: Room) -> None:
