@@ -416,6 +416,7 @@ def _serve(settings: Settings) -> int:
     if workers.worker_index() is not None:  # started by the supervisor below
         settings = workers.inherited_settings()
     setup_logging(settings.log_level, settings.log_format)
+    workers.tag_logs()  # a worker's lines say which worker
     if workers.worker_index() is None and workers.worker_count(settings) > 1:
         return workers.supervise(settings)  # --workers 0 on one core: no supervisor
 

@@ -90,6 +90,32 @@ def inherited_settings() -> Settings:
     return Settings(**fields)
 
 
+def tag_logs() -> None:
+    """In a worker: say which worker in every log line (the workers share stderr)."""
+    found = worker_index()
+    if found is None:
+        return
+    from .logs import JsonFormatter
+
+    index = found[0]
+
+    class WorkerJson(JsonFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            entry: dict[str, Any] = json.loads(super().format(record))
+            entry["worker"] = index
+            return json.dumps(entry, ensure_ascii=False)
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(WorkerJson())
+        else:
+            handler.setFormatter(
+                logging.Formatter(
+                    f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"
+                )
+            )
+
+
 def announce_ready() -> None:
     """Tell the supervisor this worker listens (a no-op outside a worker)."""
     raw = os.environ.pop(ENV_READY_FD, None)
