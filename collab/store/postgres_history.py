@@ -542,7 +542,16 @@ class PostgresHistory:
         return result
 
     async def history_sweep(self) -> None:
-        """Prune history beyond the window and purge expired trash."""
+        """Prune history beyond the window and purge expired trash.  A document whose live
+        log reaches beyond the window is compacted first (see the SQLite store's)."""
+        if self.history_retention > 0:
+            stale = await self._h_fetch(
+                "pruning history",
+                "SELECT DISTINCT name FROM collab_updates WHERE created_at < to_timestamp(%s)",
+                [time.time() - self.history_retention],
+            )
+            for (name,) in stale:
+                await self.compact(name)  # type: ignore[attr-defined]
         now = time.time()
         if self.history_retention > 0:
             cutoff = now - self.history_retention

@@ -578,5 +578,17 @@ class SQLiteHistory:
 
     async def history_sweep(self) -> None:
         """Prune history beyond the window and purge expired trash (the compaction task
-        calls this now and then)."""
+        calls this now and then).  A document whose live log reaches beyond the window
+        is compacted first: a quiet document never passes the compaction thresholds,
+        and without a checkpoint its old rows could never go."""
+        if self.history_retention > 0:
+            rows = await self._h_run(
+                "pruning history",
+                False,
+                self._fetchall,  # type: ignore[attr-defined]
+                "SELECT DISTINCT name FROM collab_updates WHERE created_at < ?",
+                (time.time() - self.history_retention,),
+            )
+            for (name,) in rows:
+                await self.compact(name)  # type: ignore[attr-defined]
         await self._h_run("pruning history", True, self._h_sweep_sync, time.time())
