@@ -266,7 +266,7 @@ class History:
     async def at(self, name: str, point: str | int | Point) -> dict[str, Any]:
         """``{"doc", "seq", "at", "roots", "text"}``: the document at ``point`` as JSON."""
         state = await self.state(name, point)
-        roots = await self._run(f"reading {name!r}", render.document_content, state.update)
+        roots = await self._content(name, state.update)
         text = roots.get(MAIN_ROOT)
         return {
             "doc": name,
@@ -275,6 +275,26 @@ class History:
             "roots": roots,
             "text": text if isinstance(text, str) else None,
         }
+
+    async def _content(self, name: str, update: bytes) -> dict[str, Any]:
+        """Each root as JSON, decoded in the HTTP API's worker processes when it has them
+        (decoding holds the GIL: a big document in a thread would stall the loop)."""
+        from .http_api import API
+
+        try:
+            renderer = self.server.app[API].renderer
+        except KeyError:
+            return await self._run(f"reading {name!r}", render.document_content, update)
+        with _panics(f"reading {name!r}"):
+            try:
+                content: dict[str, Any] = await renderer.run(render.document_content, update)
+            except render.RenderError as exc:
+                raise HistoryError(exc.status, exc.code, str(exc)) from None
+            except render.RendererBusy as exc:
+                raise HistoryError(
+                    503, "busy", f"too many documents are being read: {exc}"
+                ) from None
+        return content
 
     # -- the timeline -----------------------------------------------------------------------
 
