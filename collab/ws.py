@@ -108,6 +108,22 @@ def connection_limits(settings: Settings) -> tuple[SendLimits, RateLimits]:
     return send, rate
 
 
+class _WebSocket(web.WebSocketResponse):
+    """aiohttp's socket, whose own close for an oversized message says why.
+
+    aiohttp closes a socket that sends a message above ``max_msg_size`` with
+    1009 and no reason; a stock client (or a person reading its console) then
+    learns nothing (issue #16).
+    """
+
+    async def close(
+        self, *, code: int = CloseCode.NORMAL, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == CloseCode.MESSAGE_TOO_BIG and not message:
+            message = b"message above the server's --max-message-size"
+        return await super().close(code=code, message=message, drain=drain)
+
+
 def _bytes_are_signs_of_life(request: web.Request, conn: Connection) -> None:
     """Count every read from the socket as a sign of life, not only whole messages.
 
@@ -178,7 +194,7 @@ class WebSocketOpening:
         settings = app[SETTINGS]
         # No per-socket heartbeat timer: the room manager pings silent
         # connections on one timer for the whole server, so pongs come to us.
-        self._response = ws = web.WebSocketResponse(
+        self._response = ws = _WebSocket(
             max_msg_size=settings.max_message_size,
             autoping=False,
             compress=settings.ws_compression,

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from pycrdt import Doc, Text
 
@@ -272,3 +273,22 @@ async def test_an_upload_slower_than_the_heartbeat_is_not_dropped(
         assert len(room.connections) == 1
     finally:
         writer.close()
+
+
+async def test_a_message_above_the_limit_is_closed_with_1009_and_a_reason(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(max_message_size=64 * 1024)
+    doc: Doc[Any] = Doc()
+    doc.get("text", type=Text).insert(0, "x" * 100_000)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{server.ws_url}/limit") as ws,
+    ):
+        await ws.send_bytes(protocol.sync_update(doc.get_update()))
+        message = await ws.receive(timeout=10)
+        while message.type is aiohttp.WSMsgType.BINARY:
+            message = await ws.receive(timeout=10)
+    assert message.type is aiohttp.WSMsgType.CLOSE
+    assert message.data == 1009
+    assert "--max-message-size" in str(message.extra)
