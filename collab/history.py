@@ -32,9 +32,12 @@ import difflib
 import json
 import logging
 import math
+import multiprocessing
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +69,9 @@ __all__ = [
 MAIN_ROOT = "text"
 #: Texts longer than this are compared line by line only.
 CHAR_DIFF_LIMIT = 20_000
+#: Replays of this many bytes or more run in a worker process, not a thread:
+#: pycrdt holds the GIL while it applies updates (as ``collab.store.merge``).
+PROCESS_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +172,32 @@ class History:
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def close(self) -> None:
+        """Stop the replay worker (a replay still running is abandoned)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def _replay(self, what: str, read: PointRead, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(read, *args)``: in a thread for small replays, else in a worker process."""
+        if sum(len(data) for _, data in read.parts) < PROCESS_BYTES:
+            return await self._run(what, fn, read, *args)
+        if self._pool is None:
+            # spawn: a fork of a multi-threaded server (store threads) may deadlock.
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = self._pool
+        with _panics(what):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(pool, fn, read, *args)
+            except BrokenProcessPool:
+                if self._pool is pool:
+                    self._pool = None
+                raise HistoryError(500, "history_failed", f"{what}: the worker died") from None
 
     @property
     def store(self) -> Any:
@@ -349,7 +381,7 @@ class History:
             raise HistoryError(400, "invalid_range", "'to' is before 'from'")
         read = await self._read(name, to_seq, base_max=from_seq)
         self._check_exact(name, read, from_seq)
-        result = await self._run(f"comparing {name!r}", compute_diff, read, from_seq)
+        result = await self._replay(f"comparing {name!r}", read, compute_diff, from_seq)
         result["from"] = {"seq": from_seq, "at": iso(from_at)}
         result["to"] = {"seq": to_seq, "at": iso(to_at)}
         return result
@@ -400,8 +432,8 @@ class History:
             read = await self._read(name, int(latest), base_max=to_seq)
             self._check_exact(name, read, to_seq)
             live_state = handle.doc.get_state()
-            revert = await self._run(
-                f"restoring {name!r}", compute_revert, read, to_seq, by, live_state
+            revert = await self._replay(
+                f"restoring {name!r}", read, compute_revert, to_seq, by, live_state
             )
             if revert is not None:
                 size = len(revert)
@@ -643,7 +675,13 @@ def text_diff(old: str, new: str) -> list[dict[str, str]]:
         else:
             ops.append({"op": op, "text": text})
 
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    # What did not change at either end is one "equal" run: only the middle is
+    # compared (an edit is local; difflib on thousands of alike lines is slow).
+    head = _common_prefix(old, new)
+    tail = _common_prefix(old[head:][::-1], new[head:][::-1])
+    emit("equal", old[:head])
+    old_mid, new_mid = old[head : len(old) - tail], new[head : len(new) - tail]
+    a, b = old_mid.splitlines(keepends=True), new_mid.splitlines(keepends=True)
     lines = difflib.SequenceMatcher(None, a, b, autojunk=False)
     for tag, i1, i2, j1, j2 in lines.get_opcodes():
         left, right = "".join(a[i1:i2]), "".join(b[j1:j2])
@@ -660,4 +698,17 @@ def text_diff(old: str, new: str) -> list[dict[str, str]]:
         else:
             emit("delete", left)
             emit("insert", right)
+    emit("equal", old[len(old) - tail :])
     return ops
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix (binary search over C-speed slice compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -34,7 +34,7 @@ from .auth import AuthError, authenticate, request_of
 from .closecodes import CloseCode
 from .guard import add_route
 from .hooks import Principal
-from .keys import HOOKS, MANAGER, METRICS, SETTINGS, STORE
+from .keys import HOOKS, MANAGER, METRICS, SERVER, SETTINGS, STORE
 from .origins import LOCAL
 from .protocol import ProtocolError
 from .ratelimit import rate_limit
@@ -108,6 +108,11 @@ def setup_api(app: web.Application) -> None:
     add_route(app, "*", "/api", no_route)
     add_route(app, "*", r"/api/{tail:[\s\S]*}", no_route)
     app.on_cleanup.append(_close)
+    app.on_cleanup.append(_close_history)
+
+
+async def _close_history(app: web.Application) -> None:
+    await app[SERVER].history_engine.close()
 
 
 async def _close(app: web.Application) -> None:

@@ -676,3 +676,22 @@ async def test_hooks_see_a_restore_as_a_change_by_restore_and_server_code_can_re
         page = await server.server.history("hooked", gap_ms=0)
         assert page["sessions"][0]["authors"] == ["restore:ops"]
         assert (await server.server.at("hooked", seq_t))["text"] == "keep"
+
+
+async def test_a_big_document_is_replayed_in_a_worker_process(
+    make_server: ServerFactory, make_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    from collab.history import PROCESS_BYTES
+
+    server = await make_server(store="sqlite")
+    alice = await make_client("big", url=server.ws_url)
+    body = "0123456789abcdef\n" * (PROCESS_BYTES // 16)
+    alice.text().insert(0, body)
+    seq_t = await settle(server, alice)
+    alice.text().insert(0, "HEAD ")
+    await settle(server, alice)
+    diff = await get_json(http, api(server, "big", f"/diff?from={seq_t}"))
+    assert diff["roots"]["text"][0] == {"op": "insert", "text": "HEAD "}
+    await post_json(http, api(server, "big", "/restore"), {"to": seq_t})
+    await eventually(lambda: text_of(alice) == body)
+    assert server.server.history_engine._pool is not None, "ran in the worker"
