@@ -18,9 +18,10 @@ checkpoints (``collab.store.history``); this module turns them into
   event.  Because it is computed from item identities, edits the fork has
   not seen (someone typing meanwhile, an offline client) merge with it.
 
-Replays hold the GIL while pycrdt applies updates, so they run in a thread
-(``asyncio.to_thread``), merges of big documents in the store's worker
-processes; every pycrdt call here is wrapped so that a Rust panic
+pycrdt holds the GIL while it applies updates, so replays of
+``PROCESS_BYTES`` or more run in a worker process (diffs and restores here,
+merges in the store's, JSON in the API's renderers) and smaller ones in a
+thread; every pycrdt call here is wrapped so that a Rust panic
 (``PanicException``, a ``BaseException``) becomes a ``HistoryError``.
 """
 
