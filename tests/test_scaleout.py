@@ -200,6 +200,13 @@ async def test_clients_spread_over_three_processes_converge(
             await client.insert(0, f"[j{i}.{round_}]")
     kept = set().union(*await py_results)
     js_markers = {f"[j{i}.{r}]" for i in range(3) for r in range(15)}
+    # The Python clients may agree before the last JS inserts reach them.
+    for session in py:
+
+        def has_js_markers(s: Session = session) -> bool:
+            return js_markers <= set(re.findall(r"\[j\d+\.\d+\]", text_of(s)))
+
+        await session.wait_for(has_js_markers, timeout=30)
     final = await converged(py, timeout=30)
     for client in js:
         await client.wait_text(final, timeout=30)
