@@ -251,6 +251,9 @@ class Client {
   }
 
   _message (buf) {
+    // collab announces a sync in pieces with [2, 1, bytes]: then sync updates
+    // before the step 2 are pieces of it (elsewhere they are live edits).
+    if (buf[0] === 2 && buf[1] === 1) { this.pieces = true; return }
     const msg = parseSync(buf)
     if (msg === null) return // awareness and the like
     if (msg.kind === 0) {
@@ -259,7 +262,7 @@ class Client {
       this.ws.send(reply)
       return
     }
-    if (!this.synced) this.syncBytes += buf.length
+    if (!this.synced && (msg.kind === 1 || this.pieces)) this.syncBytes += buf.length
     if (msg.kind === 1 && !this.synced) {
       this.synced = true
       this.syncedAt = performance.now()
@@ -431,7 +434,8 @@ class RawJoiner {
     if (!this._fin || this._opcode !== 2) return // a ping, or more fragments to come
     const [type, kind] = this._head
     if (type === 0 && kind === 0) this._send(EMPTY_STEP2)
-    if (type === 0 && (kind === 1 || kind === 2) && !this.syncedAt) this._syncBytes += this._msgLength
+    if (type === 2 && kind === 1) this._pieces = true // collab's announcement of a sync in pieces
+    if (type === 0 && (kind === 1 || (kind === 2 && this._pieces)) && !this.syncedAt) this._syncBytes += this._msgLength
     if (type === 0 && kind === 1 && !this.syncedAt) {
       this.syncedAt = performance.now()
       this.step2Length = this._syncBytes
