@@ -910,8 +910,12 @@ def _pieces_as_frames(name: str, update: bytes, limit: int) -> Sequence[bytes]:
     except SplitError as exc:  # an encoding this module cannot read: send it whole
         log.warning("could not split the answer for %r (%s): sent whole", name, exc)
         return [protocol.sync_step2(update)]
-    frames = [protocol.sync_update(piece) for piece in pieces[:-1]]
-    frames.append(protocol.sync_step2(pieces[-1]))
+    # Each piece gives way to its frame at once: a 20 MiB answer never holds
+    # its pieces and their frames together (peak RSS of a join storm).
+    frames: list[bytes] = pieces
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        frames[i] = protocol.sync_step2(piece) if i == last else protocol.sync_update(piece)
     if len(frames) > 1:
         # First, how much follows: clients that know it show progress.
         frames.insert(0, protocol.sync_progress(sum(len(f) for f in frames)))
