@@ -52,7 +52,16 @@ def percentile(values: list[float], q: float) -> float:
 @contextlib.asynccontextmanager
 async def serving(*args: str) -> AsyncIterator[ServerProcess]:
     server = ServerProcess(
-        "--store", "memory://", "--log-level", "warning", "--max-connections", "100000", *args
+        "--store",
+        "memory://",
+        "--log-level",
+        "warning",
+        "--max-connections",
+        "100000",
+        # N sessions and the writer on one document: past the default 1,000.
+        "--max-connections-per-doc",
+        "100000",
+        *args,
     )
     await server.start()
     try:
