@@ -169,7 +169,8 @@ async def test_sigterm_flushes_every_worker_and_the_supervisor_exits_0(tmp_path:
     w = Workers(tmp_path, "--unload-grace", "60", "--commit-window", "600")
     await w.start()
     try:
-        sessions = await w.clients_on_both_workers("flush")
+        async with asyncio.timeout(60):  # a hang fails here, not at pytest's 180 s
+            sessions = await w.clients_on_both_workers("flush")
         for i, s in enumerate(sessions):
             text = s.doc.get("text", type=Text)
             text.insert(len(text), f"[w{i}.0]")
@@ -182,8 +183,9 @@ async def test_sigterm_flushes_every_worker_and_the_supervisor_exits_0(tmp_path:
         assert code == 0, "\n".join(w.process.log)
         assert any("all 2 workers stopped" in line for line in w.process.log)
     finally:
-        await w.close_clients()
-        await w.process.close()
+        async with asyncio.timeout(30):
+            await w.close_clients()
+            await w.process.close()
     async with sqlite_store(w.store) as store:
         update = await store.load("flush")
     assert update is not None
