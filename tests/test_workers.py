@@ -110,8 +110,9 @@ class Workers:
         await session.wait_synced(20)
         return session
 
-    async def clients_on_both_workers(self, name: str, most: int = 12) -> list[Session]:
+    async def clients_on_both_workers(self, name: str, most: int = 30) -> list[Session]:
         """Clients of ``name`` until each worker holds at least one of them."""
+        await self.both_serving()  # a worker still starting takes no connection yet
         sessions = [await self.client(name)]
         for _ in range(most):
             counts = {i: h["connections"] for i, h in (await self.health()).items()}
