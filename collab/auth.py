@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from .hooks import (
     Reject,
     Transport,
 )
+from .metrics import Metrics
 
 Mode = Literal["read", "write"]
 ALGORITHM = "HS256"
@@ -92,6 +94,18 @@ class AuthError(Exception):
         cls = _HTTP_ERRORS.get(self.status, web.HTTPForbidden)
         headers = {"WWW-Authenticate": 'Bearer realm="collab"'} if self.status == 401 else None
         return json_error(cls, self.code, self.reason, headers=headers)
+
+    def report(self, log: logging.Logger, metrics: Metrics, doc: str, peer: str) -> None:
+        """Count the refusal and log its one line (the same for every transport)."""
+        metrics.refused(self.metric)
+        log.warning(
+            "refused doc=%r peer=%s status=%d reason=%s",
+            doc,
+            peer,
+            self.status,
+            self.reason,
+            extra={"doc": doc, "peer": peer, "code": self.status, "reason": self.reason},
+        )
 
 
 _HTTP_ERRORS: dict[int, type[web.HTTPException]] = {

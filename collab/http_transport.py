@@ -394,15 +394,7 @@ class Sessions:
                 app[HOOKS], request_of(request, name, write=False, transport="http")
             )
         except AuthError as exc:
-            metrics.refused(exc.metric)
-            log.warning(
-                "refused doc=%r peer=%s status=%d reason=%s",
-                name,
-                peer,
-                exc.status,
-                exc.reason,
-                extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
-            )
+            exc.report(log, metrics, name, peer)
             raise refusal(exc) from None
         session = Session(self, secrets.token_urlsafe(18), name, tier)
         conn = Connection(

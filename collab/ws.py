@@ -174,15 +174,7 @@ class WebSocketOpening:
                 app[HOOKS], request_of(request, name, write=False, transport="websocket")
             )
         except AuthError as exc:
-            metrics.refused(exc.metric)
-            log.warning(
-                "refused doc=%r peer=%s status=%d reason=%s",
-                name,
-                peer,
-                exc.status,
-                exc.reason,
-                extra={"doc": name, "peer": peer, "code": exc.status, "reason": exc.reason},
-            )
+            exc.report(log, metrics, name, peer)
             if exc.close_code is None:
                 raise exc.http() from None
             # The application asked for a close code the browser can see.
