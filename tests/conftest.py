@@ -81,11 +81,14 @@ SLOW_CALLBACK_SECONDS = float(os.environ.get("COLLAB_SLOW_CALLBACK_SECONDS", "0.
 
 
 @pytest.fixture(autouse=True)
-async def event_loop_is_never_blocked() -> AsyncIterator[None]:
-    """Fail a test when any callback on its event loop ran too long."""
+async def event_loop_is_never_blocked(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail a test when any callback on its event loop ran too long (a module may
+    allow longer with its own ``BLOCKED_LOOP_SECONDS``, saying why)."""
     loop = asyncio.get_running_loop()
     loop.set_debug(True)
-    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    loop.slow_callback_duration = getattr(
+        request.module, "BLOCKED_LOOP_SECONDS", SLOW_CALLBACK_SECONDS
+    )
     handler = _SlowCallbacks()
     asyncio_log = logging.getLogger("asyncio")
     asyncio_log.addHandler(handler)
